@@ -1,0 +1,3 @@
+from phiexport.cli import main
+
+main()

@@ -1,0 +1,277 @@
+"""Command line: parse flags into a Recipe, call one library function, print with rich or as --json.
+
+Heavy libraries (torch, transformers, onnxruntime) are imported inside the commands so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from phiexport import __version__
+from phiexport.errors import Interrupted, PhiexportError, UsageError
+
+app = typer.Typer(
+    name="phiexport",
+    help="Turn Hugging Face causal LMs into verified on-device ONNX packages.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
+DebugFlag = Annotated[bool, typer.Option("--debug", help="Show the full traceback of unexpected errors.")]
+
+
+def _stderr_console() -> Console:
+    # A duplicate of fd 2: the build redirects fds 1 and 2 into its log while the builder runs.
+    return Console(file=os.fdopen(os.dup(2), "w", buffering=1), stderr=True)
+
+
+def _fail(error: PhiexportError, as_json: bool) -> NoReturn:
+    message = str(error).replace("\n", " ")
+    print(f"error: {message}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"error": {"cause": error.cause, "fix": error.fix, "exit_code": error.exit_code}}))
+    raise SystemExit(error.exit_code)
+
+
+@contextmanager
+def _reported_errors(as_json: bool, debug: bool) -> Iterator[None]:
+    """Every failure leaves as one `error: <cause> — fix: <fix>` line and its exit code (see errors.py)."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    except PhiexportError as exc:
+        if debug:
+            raise
+        _fail(exc, as_json)
+    except KeyboardInterrupt:
+        _fail(Interrupted("interrupted", "run the command again; nothing was published"), as_json)
+    except OSError as exc:
+        if debug:
+            raise
+        if exc.errno == errno.ENOSPC:
+            _fail(PhiexportError(f"no space left on device ({exc.filename or 'disk'})", "free disk space"), as_json)
+        _fail(PhiexportError(f"{exc.strerror or exc}: {exc.filename or ''}".strip(), "check the path"), as_json)
+    except Exception as exc:
+        if debug:
+            raise
+        _fail(
+            PhiexportError(f"internal error {type(exc).__name__}: {exc}", "rerun with --debug and report it"), as_json
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@app.command()
+def build(
+    source: Annotated[
+        str | None,
+        typer.Argument(help="Local Hugging Face directory, .gguf file or Hub id (org/name). Default: the recipe's."),
+    ] = None,
+    recipe: Annotated[
+        str | None, typer.Option("--recipe", "-r", help="Recipe YAML file or bundled recipe name.")
+    ] = None,
+    target: Annotated[list[str] | None, typer.Option("--target", "-t", help="Device target; repeatable: cpu.")] = None,
+    precision: Annotated[str | None, typer.Option(help="Weights: int4, int8 or fp32.")] = None,
+    quant: Annotated[str | None, typer.Option(help="Weight method for int4/int8: rtn or k_quant.")] = None,
+    block_size: Annotated[int | None, typer.Option(help="Quantization block: 16, 32, 64, 128 or 256.")] = None,
+    symmetric: Annotated[bool | None, typer.Option("--symmetric/--asymmetric", help="Zero points or not.")] = None,
+    accuracy_level: Annotated[int | None, typer.Option(help="MatMulNBits compute: 0-4 (4 = int8).")] = None,
+    revision: Annotated[str | None, typer.Option(help="Hub branch, tag or commit.")] = None,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow pickle .bin weights (loaded weights-only).")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow the checkpoint's own Python code.")] = False,
+    eval_sequences: Annotated[int | None, typer.Option(help="Held-out sequences scored in the build check.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder [packages/<recipe>].")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    as_json: JsonFlag = False,
+    debug: DebugFlag = False,
+) -> None:
+    """Build one verified package per target (default: the embedded SmolLM2-135M-Instruct, CPU int4)."""
+    with _reported_errors(as_json, debug):
+        from phiexport.recipe import load_recipe, recipe_for_source
+
+        if recipe is not None:
+            base = load_recipe(recipe)
+        elif source is not None:
+            base = recipe_for_source(source)
+        else:
+            base = load_recipe("smollm2-135m-instruct")
+        overrides: dict[str, Any] = {
+            "source": _given(
+                model=source,
+                revision=revision,
+                allow_pickle=allow_pickle or None,
+                trust_remote_code=trust_remote_code or None,
+            ),
+            "quantization": _given(
+                precision=precision,
+                method=quant,
+                block_size=block_size,
+                symmetric=symmetric,
+                accuracy_level=accuracy_level,
+            ),
+            "evaluation": _given(sequences=eval_sequences),
+        }
+        if target:
+            overrides["targets"] = tuple(target)
+        resolved = base.with_overrides(overrides)
+        destination = output or Path("packages") / resolved.name
+
+        from phiexport.pipeline import build as run_build
+        from phiexport.progress import StageProgress
+
+        console = None if as_json else _stderr_console()
+        progress = StageProgress(console)
+        try:
+            result = run_build(resolved, destination, force=force, progress=progress)
+        finally:
+            progress.close()
+
+        if as_json:
+            print(
+                json.dumps(
+                    {
+                        "output": str(result.output),
+                        "packages": {name: str(path) for name, path in result.packages.items()},
+                        "metrics": {name: report["metrics"] for name, report in result.reports.items()},
+                        "timings_s": result.timings,
+                    },
+                    indent=2,
+                )
+            )
+            return
+        table = Table(title=f"{resolved.name}: {resolved.quantization.describe()}")
+        for column in ("package", "ppl ref → pkg", "KL mean", "KL p99", "top-1"):
+            table.add_column(column)
+        for name, report in result.reports.items():
+            m = report["metrics"]
+            table.add_row(
+                str(result.packages[name]),
+                f"{m['ppl_reference']:.3f} → {m['ppl_package']:.3f}",
+                f"{m['kl_mean']:.4f}",
+                f"{m['kl_p99']:.4f}",
+                f"{m['top1_agreement']:.1%}",
+            )
+        Console().print(table)
+
+
+@app.command()
+def inspect(
+    package: Annotated[Path, typer.Argument(help="A package directory, e.g. packages/<recipe>/cpu.")],
+    as_json: JsonFlag = False,
+    debug: DebugFlag = False,
+) -> None:
+    """Show a package's source, weights, op types per graph, file sizes and measured accuracy."""
+    with _reported_errors(as_json, debug):
+        from phiexport.package.inspect import summarize_package
+
+        summary = summarize_package(package)
+        if as_json:
+            print(json.dumps(summary, indent=2))
+            return
+        console = Console()
+        console.print(
+            f"[bold]{summary['package']}[/bold]  target {summary['target']['name']}, recipe "
+            f"{summary['recipe']}, phiexport {summary['phiexport']}"
+        )
+        source = summary["source"]
+        console.print(f"source: {source['kind']} {source['origin']} ({source['architecture']})")
+        console.print(f"weights: {summary['weights']}")
+        for graph, ops in summary["graphs"].items():
+            console.print(f"{graph}: " + ", ".join(f"{op} {count}" for op, count in ops.items()))
+        for name, size in summary["files"].items():
+            console.print(f"  {size:>14,d}  {name}")
+        console.print(f"  {summary['total_bytes']:>14,d}  total")
+        if summary["metrics"]:
+            m = summary["metrics"]
+            console.print(
+                f"accuracy: KL mean {m['kl_mean']:.4f}, p99 {m['kl_p99']:.4f}, top-1 "
+                f"{m['top1_agreement']:.1%}, ppl {m['ppl_reference']:.3f} → {m['ppl_package']:.3f}"
+            )
+
+
+@app.command()
+def run(
+    package: Annotated[Path, typer.Argument(help="A package directory, e.g. packages/<recipe>/cpu.")],
+    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens to generate.")] = 256,
+    system: Annotated[str | None, typer.Option(help="System message.")] = None,
+    raw: Annotated[bool, typer.Option(help="Send the prompt as is, without the chat template.")] = False,
+    as_json: JsonFlag = False,
+    debug: DebugFlag = False,
+) -> None:
+    """Stream a greedy reply from a package through onnxruntime-genai, with the model's chat template."""
+    with _reported_errors(as_json, debug):
+        from phiexport.chat import GenerationStats, stream_reply
+
+        stats = GenerationStats()
+        pieces = stream_reply(package, prompt, max_new_tokens=max_tokens, system=system, raw=raw, stats=stats)
+        if as_json:
+            text = "".join(pieces)
+            print(
+                json.dumps(
+                    {
+                        "text": text,
+                        "prompt_tokens": stats.prompt_tokens,
+                        "new_tokens": stats.new_tokens,
+                        "tokens_per_second": stats.new_tokens / max(stats.seconds, 1e-9),
+                    }
+                )
+            )
+            return
+        for piece in pieces:
+            print(piece, end="", flush=True)
+        print()
+        print(f"[{stats.new_tokens} tokens, {stats.new_tokens / max(stats.seconds, 1e-9):.1f} tok/s]", file=sys.stderr)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    context: typer.Context,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        print(f"phiexport {__version__}")
+        raise typer.Exit()
+    if context.invoked_subcommand is None:
+        print(context.get_help())
+        raise typer.Exit()
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: typer's own usage errors also become one `error:` line (exit 2)."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="phiexport", standalone_mode=False)
+    except typer.TyperException as exc:  # typer's bundled click: UsageError, BadParameter, NoSuchOption, ...
+        context = getattr(exc, "ctx", None)
+        where = context.command_path if context else "phiexport"
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        error = UsageError(message, f"see '{where} --help'")
+        error.exit_code = getattr(exc, "exit_code", 2)
+        _fail(error, as_json=False)
+    except typer.Abort:
+        _fail(Interrupted("interrupted", "run the command again; nothing was published"), as_json=False)
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None

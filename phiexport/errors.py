@@ -1,0 +1,48 @@
+"""Errors a user can act on: each names the cause and the fix, and maps to an exit code.
+
+Exit codes (documented in README.md):
+  1  the build itself failed (builder crash, package that does not load)
+  2  usage: a bad flag, recipe key or value, a missing path, an output that already exists
+  3  the source checkpoint cannot be used (unsupported architecture, corrupt or unsafe files, not reachable)
+  130 interrupted (Ctrl-C or SIGTERM)
+"""
+
+from __future__ import annotations
+
+
+class PhiexportError(Exception):
+    """A failure reported as one line: `<cause> — fix: <fix>`."""
+
+    exit_code = 1
+
+    def __init__(self, cause: str, fix: str):
+        super().__init__(cause, fix)
+        self.cause = cause
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.cause} — fix: {self.fix}"
+
+
+class UsageError(PhiexportError):
+    """The command line or recipe asks for something invalid."""
+
+    exit_code = 2
+
+
+class SourceError(PhiexportError):
+    """The checkpoint cannot be found, read, trusted or exported."""
+
+    exit_code = 3
+
+
+class BuildError(PhiexportError):
+    """A stage failed on valid input; the log named in the fix has the details."""
+
+    exit_code = 1
+
+
+class Interrupted(PhiexportError):
+    """The build was stopped by a signal; nothing was published."""
+
+    exit_code = 130

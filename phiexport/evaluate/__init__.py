@@ -1,0 +1,1 @@
+"""Evaluate stage: score packages against the torch reference on held-out text."""

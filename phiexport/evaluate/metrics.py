@@ -1,0 +1,85 @@
+"""Accuracy metrics on logits: pure numpy, float64 internally, no model code.
+
+Shapes: logits are `[tokens, vocab]`, targets `[tokens]`; every function scores positions independently.
+
+    >>> ref = np.log(np.array([[0.5, 0.5]])); pkg = np.log(np.array([[0.25, 0.75]]))
+    >>> round(float(kl_divergence(ref, pkg)[0]), 4)   # 0.5 ln 2 + 0.5 ln(2/3)
+    0.1438
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-probabilities, stable for large logits."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def kl_divergence(ref_logprobs: np.ndarray, pkg_logprobs: np.ndarray) -> np.ndarray:
+    """KL(reference ‖ package) per row, in nats."""
+    return (np.exp(ref_logprobs) * (ref_logprobs - pkg_logprobs)).sum(axis=-1)
+
+
+def negative_log_likelihood(logprobs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """−log p(target) per row."""
+    return -logprobs[np.arange(len(targets)), targets]
+
+
+def perplexity(nll: np.ndarray) -> float:
+    """exp of the mean negative log-likelihood over all scored tokens."""
+    return math.exp(float(np.mean(nll)))
+
+
+def top1_agreement(ref_logits: np.ndarray, pkg_logits: np.ndarray) -> np.ndarray:
+    """True where both models' most likely next token is the same."""
+    return np.argmax(ref_logits, axis=-1) == np.argmax(pkg_logits, axis=-1)
+
+
+def first_divergence(reference: Sequence[int], package: Sequence[int]) -> int | None:
+    """Index of the first differing token of two generations, or None if they are identical.
+
+    A generation that stopped early diverges where it stopped.
+    """
+    for index, (a, b) in enumerate(zip(reference, package, strict=False)):
+        if a != b:
+            return index
+    return None if len(reference) == len(package) else min(len(reference), len(package))
+
+
+@dataclass
+class TokenScores:
+    """Per-token results accumulated over many sequences, summarised at the end."""
+
+    kl: list[np.ndarray] = field(default_factory=list)
+    agree: list[np.ndarray] = field(default_factory=list)
+    ref_nll: list[np.ndarray] = field(default_factory=list)
+    pkg_nll: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, ref_logits: np.ndarray, pkg_logits: np.ndarray, targets: np.ndarray) -> None:
+        ref_lp, pkg_lp = log_softmax(ref_logits), log_softmax(pkg_logits)
+        self.kl.append(kl_divergence(ref_lp, pkg_lp))
+        self.agree.append(top1_agreement(ref_logits, pkg_logits))
+        self.ref_nll.append(negative_log_likelihood(ref_lp, targets))
+        self.pkg_nll.append(negative_log_likelihood(pkg_lp, targets))
+
+    def summary(self) -> dict[str, float | int]:
+        kl = np.concatenate(self.kl)
+        ppl_ref = perplexity(np.concatenate(self.ref_nll))
+        ppl_pkg = perplexity(np.concatenate(self.pkg_nll))
+        return {
+            "tokens": int(kl.size),
+            "ppl_reference": ppl_ref,
+            "ppl_package": ppl_pkg,
+            "ppl_ratio": ppl_pkg / ppl_ref,
+            "kl_mean": float(kl.mean()),
+            "kl_p99": float(np.percentile(kl, 99)),
+            "kl_max": float(kl.max()),
+            "top1_agreement": float(np.concatenate(self.agree).mean()),
+        }

@@ -1,0 +1,61 @@
+"""Run a genai package's decoder: teacher-forced logits through onnxruntime, greedy text through onnxruntime-genai."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+class PackageRunner:
+    """One package's decoder on the onnxruntime CPU execution provider."""
+
+    def __init__(self, package_dir: Path):
+        import onnxruntime as ort
+
+        self.package_dir = package_dir
+        decoder = json.loads((package_dir / "genai_config.json").read_text(encoding="utf-8"))["model"]["decoder"]
+        self._kv_shape = (1, decoder["num_key_value_heads"], 0, decoder["head_size"])
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(package_dir / decoder["filename"]), options, providers=["CPUExecutionProvider"]
+        )
+        self._og_model: object | None = None
+
+    def logits(self, token_ids: list[int]) -> np.ndarray:
+        """`[len(token_ids), vocab]` float32 logits of one pass from an empty KV cache."""
+        ids = np.asarray([token_ids], dtype=np.int64)
+        feed: dict[str, np.ndarray] = {}
+        for spec in self.session.get_inputs():
+            if spec.name == "input_ids":
+                feed[spec.name] = ids
+            elif spec.name == "attention_mask":
+                feed[spec.name] = np.ones_like(ids)
+            elif spec.name == "position_ids":
+                feed[spec.name] = np.arange(ids.shape[1], dtype=np.int64)[None, :]
+            elif spec.name.startswith("past_key_values."):
+                feed[spec.name] = np.zeros(self._kv_shape, dtype=_NUMPY_TYPES[spec.type])
+            else:
+                raise ValueError(f"decoder input {spec.name!r} is not one phiexport knows how to feed")
+        (logits,) = self.session.run(["logits"], feed)
+        return np.asarray(logits[0], dtype=np.float32)
+
+    def greedy(self, prompt_ids: list[int], new_tokens: int) -> list[int]:
+        """Greedy continuation through onnxruntime-genai, as a device would run the package."""
+        import onnxruntime_genai as og
+
+        if self._og_model is None:
+            self._og_model = og.Model(str(self.package_dir))
+        params = og.GeneratorParams(self._og_model)
+        params.set_search_options(do_sample=False, max_length=len(prompt_ids) + new_tokens)
+        generator = og.Generator(self._og_model, params)
+        generator.append_tokens(prompt_ids)
+        generated: list[int] = []
+        while not generator.is_done() and len(generated) < new_tokens:
+            generator.generate_next_token()
+            generated.append(int(generator.get_next_tokens()[0]))
+        return generated

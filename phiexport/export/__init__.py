@@ -1,0 +1,1 @@
+"""Export stage: Hugging Face checkpoint → ONNX with a GroupQueryAttention KV cache."""

@@ -1,0 +1,62 @@
+"""The onnxruntime-genai model builder, called as a library behind options we have validated.
+
+The builder accepts unknown and outdated option names silently, so only names on BUILDER_OPTIONS (each checked
+against onnxruntime-genai 0.18) can reach it, and quantize.checks verifies the graph it wrote afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from phiexport.errors import BuildError
+from phiexport.source import Checkpoint
+
+BUILDER_OPTIONS = frozenset({"algo_config", "block_size", "is_symmetric", "accuracy_level", "hf_remote"})
+
+
+def stage_checkpoint(checkpoint: Checkpoint, scratch: Path) -> Path:
+    """The directory to give the builder: the checkpoint itself, or a symlinked copy with a fixed-up config.json."""
+    prepared = checkpoint.architecture.prepare_config(checkpoint.config)
+    if prepared == checkpoint.config:
+        return checkpoint.path
+    staged = scratch / "checkpoint"
+    staged.mkdir(parents=True)
+    for item in checkpoint.path.iterdir():
+        if item.name != "config.json":
+            (staged / item.name).symlink_to(item.resolve())
+    (staged / "config.json").write_text(json.dumps(prepared, indent=2), encoding="utf-8")
+    return staged
+
+
+def export_with_builder(
+    model_dir: Path,
+    output_dir: Path,
+    *,
+    precision: str,
+    execution_provider: str,
+    options: dict[str, str],
+    cache_dir: Path,
+    log_path: Path,
+) -> None:
+    """Run the builder into `output_dir` (model.onnx, model.onnx.data, genai_config.json, tokenizer files).
+
+    The caller routes the builder's printing into `log_path` (see export.capture); errors name that log.
+    """
+    unknown = set(options) - BUILDER_OPTIONS
+    if unknown:
+        raise ValueError(f"builder options not validated by phiexport: {sorted(unknown)}")
+    from onnxruntime_genai.models.builder import create_model, parse_extra_options
+
+    pairs = [f"{key}={value}" for key, value in sorted(options.items())]
+    args = ("", os.fspath(model_dir), os.fspath(output_dir), precision, execution_provider, os.fspath(cache_dir))
+    try:
+        extra = parse_extra_options(*args, pairs)
+        create_model(*args, **extra)
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise BuildError(
+            f"the onnxruntime-genai builder failed: {type(exc).__name__}: {first_line}",
+            f"read the build log {log_path}",
+        ) from exc

@@ -1,0 +1,44 @@
+"""Atomic output: a build writes into a hidden sibling directory that is renamed into place only on success."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from phiexport.errors import UsageError
+
+
+def check_output(output: Path, *, force: bool) -> None:
+    """Fail before any work if the output exists (without force) or its folder cannot be written."""
+    if output.exists() and not force:
+        raise UsageError(f"{output} already exists", "pass --force to replace it, or choose another --output")
+    parent = output.parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write into {existing}", "choose an --output in a folder you can write to")
+
+
+@contextmanager
+def staged_output(output: Path, *, force: bool) -> Iterator[Path]:
+    """Yield an empty staging directory; on clean exit it becomes `output`, on any exception it disappears.
+
+    With `force`, an existing output is swapped out only after the new one is complete.
+    """
+    check_output(output, force=force)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        yield staging
+        if output.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+            os.replace(output, retired / output.name)
+            os.replace(staging, output)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,123 @@
+"""build(recipe) → one verified package per target: source → export/quantize → evaluate → package.
+
+>>> from phiexport.recipe import load_recipe
+>>> result = build(load_recipe("smollm2-135m-instruct"), Path("packages/smollm2"))   # doctest: +SKIP
+>>> result.reports["cpu"]["metrics"]["kl_mean"]                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from phiexport.evaluate.verify import verify_packages
+from phiexport.export.capture import output_to_log
+from phiexport.export.genai_builder import export_with_builder, stage_checkpoint
+from phiexport.package.card import write_model_card
+from phiexport.package.manifest import write_manifest
+from phiexport.package.publish import check_output, staged_output
+from phiexport.progress import StageProgress
+from phiexport.quantize.weight_only import builder_options, check_block_layout, check_weight_nodes
+from phiexport.recipe import Recipe
+from phiexport.source import resolve_source
+from phiexport.targets import TARGETS
+
+
+@dataclass
+class BuildResult:
+    output: Path
+    packages: dict[str, Path]  # target name → package directory
+    reports: dict[str, dict[str, Any]]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def cache_root() -> Path:
+    """Where dequantized GGUF checkpoints are kept between builds: $PHIEXPORT_CACHE or ~/.cache/phiexport."""
+    if configured := os.environ.get("PHIEXPORT_CACHE"):
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "phiexport"
+
+
+def build(recipe: Recipe, output: Path, *, force: bool = False, progress: StageProgress | None = None) -> BuildResult:
+    """Build every target of `recipe` into `output/<target>/`; nothing appears at `output` unless all succeed.
+
+    The builder's own output goes to a log file that is deleted on success and named in the error otherwise.
+    """
+    progress = progress or StageProgress()
+    output = output.absolute()
+    check_output(output, force=force)
+    log_fd, log_name = tempfile.mkstemp(prefix="phiexport-build-", suffix=".log")
+    os.close(log_fd)
+    log_path = Path(log_name)
+    try:
+        with output_to_log(log_path):
+            result = _build_into(recipe, output, force, progress, log_path)
+    except BaseException:
+        if log_path.stat().st_size == 0:
+            log_path.unlink()
+        raise
+    log_path.unlink(missing_ok=True)
+    return result
+
+
+def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgress, log_path: Path) -> BuildResult:
+    with staged_output(output, force=force) as staging, tempfile.TemporaryDirectory(prefix="phiexport-") as scratch:
+        with progress.stage("source", recipe.source.model):
+            checkpoint = resolve_source(recipe.source, cache_root())
+
+        quant = recipe.quantization
+        check_block_layout(checkpoint.config, quant)
+        options = builder_options(quant)
+        if recipe.source.trust_remote_code:
+            options["hf_remote"] = "true"
+        packages: dict[str, Path] = {}
+        weights: dict[str, dict[str, Any]] = {}
+        for name in recipe.targets:
+            target = TARGETS[name]
+            package_dir = staging / target.name
+            with progress.stage(f"export {target.name}", quant.describe()):
+                export_with_builder(
+                    stage_checkpoint(checkpoint, Path(scratch) / target.name),
+                    package_dir,
+                    precision=quant.precision,
+                    execution_provider=target.execution_provider,
+                    options=options,
+                    cache_dir=Path(scratch) / "builder-cache",
+                    log_path=log_path,
+                )
+                weights[name] = check_weight_nodes(_graph_nodes(package_dir / "model.onnx"), quant)
+            packages[name] = package_dir
+
+        with progress.stage("verify", f"{recipe.evaluation.sequences} held-out sequences"):
+            reports = verify_packages(
+                checkpoint.path,
+                packages,
+                recipe.evaluation,
+                trust_remote_code=recipe.source.trust_remote_code,
+                track=progress.track,
+            )
+
+        with progress.stage("package"):
+            for name, package_dir in packages.items():
+                target = TARGETS[name]
+                report_text = json.dumps(reports[name], indent=2) + "\n"
+                (package_dir / "report.json").write_text(report_text, encoding="utf-8")
+                write_model_card(package_dir, recipe=recipe, checkpoint=checkpoint, target=target, report=reports[name])
+                write_manifest(package_dir, recipe=recipe, checkpoint=checkpoint, target=target, weights=weights[name])
+
+    return BuildResult(
+        output=output,
+        packages={name: output / name for name in packages},
+        reports=reports,
+        timings=dict(progress.timings),
+    )
+
+
+def _graph_nodes(model_path: Path) -> list[Any]:
+    import onnx
+
+    return list(onnx.load(model_path, load_external_data=False).graph.node)

@@ -1,0 +1,191 @@
+"""The one typed description of a build: what to load, how to quantize, which devices, how to verify.
+
+A Recipe comes from a YAML file in `recipes/`, from CLI flags, or from Python; all three go through
+`Recipe.model_validate`, so an unknown key or an impossible combination fails the same way everywhere:
+
+    >>> recipe = load_recipe("smollm2-135m-instruct").with_overrides({"quantization": {"block_size": 64}})
+    >>> recipe.quantization.block_size
+    64
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from phiexport.errors import UsageError
+from phiexport.resources import data_dir
+
+RECIPE_VERSION = 1
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+Precision = Literal["int4", "int8", "fp16", "fp32"]
+INTEGER_PRECISIONS = ("int4", "int8")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    """Where the checkpoint comes from."""
+
+    model: str = Field(min_length=1, description="Local HF directory, .gguf file, Hub id, or package:MODULE/FILE")
+    revision: str | None = Field(None, description="Hub branch, tag or commit (Hub ids only)")
+    allow_pickle: bool = Field(False, description="Allow pickle (.bin/.pt) weights, loaded weights-only")
+    trust_remote_code: bool = Field(False, description="Allow the checkpoint's own Python code (auto_map)")
+
+
+class QuantizationConfig(_Strict):
+    """Weight-only quantization. int4/int8 become MatMulNBits; fp32 keeps float weights."""
+
+    precision: Precision = "int4"
+    method: Literal["rtn", "k_quant"] = "rtn"
+    block_size: int = 32
+    symmetric: bool | None = Field(None, description="rtn: symmetric unless false; k_quant always has zero points")
+    accuracy_level: int = Field(4, ge=0, le=4, description="MatMulNBits compute type: 0 default, 1 fp32 … 4 int8")
+
+    @field_validator("block_size")
+    @classmethod
+    def _block_size_supported(cls, value: int) -> int:
+        if value not in BLOCK_SIZES:
+            raise ValueError(
+                f"{value} is not a MatMulNBits block size; choose one of {', '.join(map(str, BLOCK_SIZES))}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _method_fits_symmetry(self) -> QuantizationConfig:
+        if self.method == "k_quant" and self.symmetric:
+            raise ValueError("k_quant always stores zero points; use method rtn for symmetric weights")
+        return self
+
+    @property
+    def is_integer(self) -> bool:
+        return self.precision in INTEGER_PRECISIONS
+
+    @property
+    def zero_points(self) -> bool:
+        """True when blocks carry zero points (asymmetric rtn, and k_quant always)."""
+        return self.method == "k_quant" or self.symmetric is False
+
+    def describe(self) -> str:
+        """Short human label, e.g. `int4 rtn block 32 sym`."""
+        if not self.is_integer:
+            return f"{self.precision} (weights not quantized)"
+        return f"{self.precision} {self.method} block {self.block_size} {'asym' if self.zero_points else 'sym'}"
+
+
+class EvaluationConfig(_Strict):
+    """How each package is checked against the torch reference during the build."""
+
+    sequences: int = Field(32, ge=1, le=1319, description="Held-out GSM8K test problems, teacher-forced")
+    max_tokens: int = Field(320, ge=32, le=4096, description="Each sequence is cut to this many tokens")
+    greedy_prompts: int = Field(3, ge=0, le=32, description="Prompts generated greedily by both models")
+    greedy_tokens: int = Field(32, ge=1, le=512, description="New tokens per greedy prompt")
+
+
+class Recipe(_Strict):
+    version: Literal[1] = Field(description="Recipe schema version")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)
+    source: SourceConfig
+    quantization: QuantizationConfig = QuantizationConfig()
+    targets: tuple[str, ...] = Field(("cpu",), min_length=1)
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from phiexport.targets import TARGETS
+
+        for name in value:
+            if name not in TARGETS:
+                raise ValueError(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
+        if len(set(value)) != len(value):
+            raise ValueError("a target is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _targets_support_precision(self) -> Recipe:
+        from phiexport.targets import TARGETS
+
+        for name in self.targets:
+            target = TARGETS[name]
+            if self.quantization.precision not in target.precisions:
+                raise ValueError(
+                    f"target {name} does not run {self.quantization.precision} weights; "
+                    f"choose one of {', '.join(target.precisions)}"
+                )
+        return self
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Recipe:
+        """A new Recipe with nested `overrides` merged in and validated again (CLI flags use this)."""
+        return parse_recipe(_deep_merge(self.model_dump(), overrides), origin="options")
+
+
+def parse_recipe(data: Any, origin: str) -> Recipe:
+    """Validate raw recipe data; any problem becomes one UsageError naming the key."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        fix = "see 'phiexport build --help'" if origin == "options" else "correct that key (recipes/README.md lists them)"
+        raise UsageError(f"{origin}: {_first_problem(exc)}", fix) from None
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Load a recipe from a YAML path or by the name of a bundled recipe (`recipes/<name>.yaml`)."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        bundled = data_dir("recipes") / f"{name_or_path}.yaml"
+        if not bundled.is_file():
+            raise UsageError(
+                f"no recipe file or bundled recipe named {str(name_or_path)!r}",
+                f"pass a YAML path or one of: {', '.join(bundled_recipes())}",
+            )
+        path = bundled
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read recipe {path}: {exc}", "check the file exists and is UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise UsageError(f"recipe {path} is not valid YAML{line}", "fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"recipe {path} is not a mapping of keys", "start from a file in recipes/")
+    return parse_recipe(data, origin=f"recipe {path.name}")
+
+
+def bundled_recipes() -> list[str]:
+    return sorted(p.stem for p in data_dir("recipes").glob("*.yaml"))
+
+
+def recipe_for_source(model: str) -> Recipe:
+    """Default recipe for a source given without one: int4 RTN for the CPU, named after the model."""
+    stem = Path(model.rstrip("/")).name.removesuffix(".gguf") or "model"
+    name = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._") or "model"
+    return parse_recipe({"version": RECIPE_VERSION, "name": name, "source": {"model": model}}, origin="source")
+
+
+def _first_problem(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"]) or "recipe"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {key!r}"
+    if error["type"] == "missing":
+        return f"missing required key {key!r}"
+    return f"{key}: {message} (got {error.get('input')!r})"
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,32 @@
+"""Device targets: each declares, as data, what its execution provider needs from a package.
+
+The pipeline reads these declarations; no other stage checks target names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    execution_provider: str  # the genai builder's `-e` value, also written to genai_config.json
+    precisions: tuple[str, ...]  # weight precisions this device runs
+    static_shapes: bool  # True when every graph shape, KV cache included, must be fixed (NPUs)
+    needs_calibration: bool  # True when activations are quantized with calibration data
+    evaluated_on: str  # where phiexport checks its numerics on this machine
+    description: str
+
+
+TARGETS: dict[str, Target] = {}
+
+
+def register_target(target: Target) -> Target:
+    if target.name in TARGETS:
+        raise ValueError(f"target {target.name} registered twice")
+    TARGETS[target.name] = target
+    return target
+
+
+from phiexport.targets import cpu  # noqa: E402,F401  (registers itself)

@@ -1,0 +1,15 @@
+"""CPU: dynamic shapes, MatMulNBits weight-only int4/int8 (or float weights), GroupQueryAttention KV cache."""
+
+from phiexport.targets import Target, register_target
+
+CPU = register_target(
+    Target(
+        name="cpu",
+        execution_provider="cpu",
+        precisions=("int4", "int8", "fp32"),
+        static_shapes=False,
+        needs_calibration=False,
+        evaluated_on="onnxruntime CPU execution provider",
+        description="x86/ARM CPUs through onnxruntime-genai's CPU execution provider",
+    )
+)
