@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from rich.table import Table
 
 from phiexport import __version__
 from phiexport.errors import Interrupted, PhiexportError, UsageError
+from phiexport.interrupts import interruptible, was_interrupted
 
 app = typer.Typer(
     name="phiexport",
@@ -50,33 +50,41 @@ def _fail(error: PhiexportError, as_json: bool) -> NoReturn:
 @contextmanager
 def _reported_errors(as_json: bool, debug: bool) -> Iterator[None]:
     """Every failure leaves as one `error: <cause> — fix: <fix>` line and its exit code (see errors.py)."""
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        yield
-    except PhiexportError as exc:
-        if debug:
-            raise
-        _fail(exc, as_json)
+        with interruptible():
+            yield
     except KeyboardInterrupt:
-        _fail(Interrupted("interrupted", "run the command again; nothing was published"), as_json)
-    except OSError as exc:
-        if debug:
-            raise
-        if exc.errno == errno.ENOSPC:
-            _fail(PhiexportError(f"no space left on device ({exc.filename or 'disk'})", "free disk space"), as_json)
-        _fail(PhiexportError(f"{exc.strerror or exc}: {exc.filename or ''}".strip(), "check the path"), as_json)
+        _exit_interrupted(as_json)
     except Exception as exc:
+        if was_interrupted():
+            _exit_interrupted(as_json)
         if debug:
             raise
-        _fail(
-            PhiexportError(f"internal error {type(exc).__name__}: {exc}", "rerun with --debug and report it"), as_json
-        )
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        _fail(_as_user_error(exc), as_json)
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+def _as_user_error(exc: Exception) -> PhiexportError:
+    if isinstance(exc, PhiexportError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return PhiexportError(f"no space left on device ({exc.filename or 'disk'})", "free disk space and rebuild")
+    if isinstance(exc, OSError) and exc.filename:
+        return PhiexportError(f"{exc.strerror or exc}: {exc.filename}", "check the path and its permissions")
+    return PhiexportError(f"internal error {type(exc).__name__}: {exc}", "rerun with --debug and report it")
+
+
+def _exit_interrupted(as_json: bool) -> NoReturn:
+    """Report the interrupt and leave at once with 130; every staging folder is already removed by now.
+
+    Skipping interpreter finalization is deliberate: an interrupt that lands inside a C extension's import (torch,
+    onnx) made CPython exit with -2 (its unhandled-KeyboardInterrupt flag) or crash with -11 while finalizing.
+    """
+    try:
+        _fail(Interrupted("interrupted", "run the command again; nothing was published"), as_json)
+    except SystemExit as exit_request:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(exit_request.code or 130))
 
 
 @app.command()

@@ -17,6 +17,7 @@ from typing import Any
 from phiexport.evaluate.verify import verify_packages
 from phiexport.export.capture import output_to_log
 from phiexport.export.genai_builder import export_with_builder, stage_checkpoint
+from phiexport.interrupts import deferred
 from phiexport.package.card import write_model_card
 from phiexport.package.manifest import write_manifest
 from phiexport.package.publish import check_output, staged_output
@@ -66,6 +67,8 @@ def build(recipe: Recipe, output: Path, *, force: bool = False, progress: StageP
 
 def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgress, log_path: Path) -> BuildResult:
     with staged_output(output, force=force) as staging, tempfile.TemporaryDirectory(prefix="phiexport-") as scratch:
+        with progress.stage("load libraries"), deferred():
+            _import_heavy_libraries()
         with progress.stage("source", recipe.source.model):
             checkpoint = resolve_source(recipe.source, cache_root())
 
@@ -115,6 +118,15 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
         reports=reports,
         timings=dict(progress.timings),
     )
+
+
+def _import_heavy_libraries() -> None:
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import onnxruntime_genai  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    from onnxruntime_genai.models import builder  # noqa: F401
 
 
 def _graph_nodes(model_path: Path) -> list[Any]:

@@ -18,6 +18,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from phiexport.interrupts import raise_if_interrupted
+
 T = TypeVar("T")
 
 
@@ -42,6 +44,7 @@ class StageProgress:
 
     @contextmanager
     def stage(self, name: str, detail: str = "") -> Iterator[None]:
+        raise_if_interrupted()
         start = time.perf_counter()
         task = self._live.add_task(f"{name} {detail}".strip(), total=None) if self._live else None
         if self._live and not self._live.live.is_started:
@@ -53,6 +56,7 @@ class StageProgress:
             self.timings[name] = self.timings.get(name, 0.0) + elapsed
             if self._live is not None and task is not None:
                 self._live.remove_task(task)
+        raise_if_interrupted()
         if self.console is not None:
             self.console.print(f"[green]✓[/green] {name} [dim]{detail}[/dim] {elapsed:.1f}s")
 

@@ -131,7 +131,9 @@ def parse_recipe(data: Any, origin: str) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        fix = "see 'phiexport build --help'" if origin == "options" else "correct that key (recipes/README.md lists them)"
+        fix = (
+            "see 'phiexport build --help'" if origin == "options" else "correct that key (recipes/README.md lists them)"
+        )
         raise UsageError(f"{origin}: {_first_problem(exc)}", fix) from None
 
 

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from phiexport.errors import UsageError
+from phiexport.interrupts import raise_if_interrupted
 
 
 def check_output(output: Path, *, force: bool) -> None:
@@ -22,6 +23,24 @@ def check_output(output: Path, *, force: bool) -> None:
         raise UsageError(f"cannot write into {existing}", "choose an --output in a folder you can write to")
 
 
+def _remove_abandoned_staging(output: Path) -> None:
+    """Delete staging folders left by builds that were killed outright (SIGKILL, power loss) for this output."""
+    for leftover in output.parent.glob(f".{output.name}.partial-*"):
+        pid = leftover.name.removeprefix(f".{output.name}.partial-").split("-")[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def staged_output(output: Path, *, force: bool) -> Iterator[Path]:
     """Yield an empty staging directory; on clean exit it becomes `output`, on any exception it disappears.
@@ -30,9 +49,11 @@ def staged_output(output: Path, *, force: bool) -> Iterator[Path]:
     """
     check_output(output, force=force)
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    _remove_abandoned_staging(output)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-{os.getpid()}-", dir=output.parent))
     try:
         yield staging
+        raise_if_interrupted()
         if output.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
             os.replace(output, retired / output.name)
