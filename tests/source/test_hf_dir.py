@@ -29,7 +29,7 @@ def test_a_complete_directory_passes_and_lists_what_the_build_reads(llama_copy):
 
 def test_missing_config(llama_copy):
     (llama_copy / "config.json").unlink()
-    with pytest.raises(SourceError, match="no config.json"):
+    with pytest.raises(SourceError, match=r"no config\.json"):
         check(llama_copy)
 
 

@@ -23,7 +23,7 @@ def test_missing_paths_are_usage_errors(model, tmp_path):
 
 def test_a_file_that_is_not_gguf(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"\0" * 16)
-    with pytest.raises(UsageError, match="not a .gguf"):
+    with pytest.raises(UsageError, match=r"not a \.gguf"):
         resolve(str(tmp_path / "weights.bin"), tmp_path)
 
 
