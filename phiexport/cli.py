@@ -39,11 +39,15 @@ def _stderr_console() -> Console:
     return Console(file=os.fdopen(os.dup(2), "w", buffering=1), stderr=True)
 
 
-def _fail(error: PhiexportError, as_json: bool) -> NoReturn:
+def _report(error: PhiexportError, as_json: bool) -> None:
     message = str(error).replace("\n", " ")
     print(f"error: {message}", file=sys.stderr)
     if as_json:
         print(json.dumps({"error": {"cause": error.cause, "fix": error.fix, "exit_code": error.exit_code}}))
+
+
+def _fail(error: PhiexportError, as_json: bool) -> NoReturn:
+    _report(error, as_json)
     raise SystemExit(error.exit_code)
 
 
@@ -79,12 +83,11 @@ def _exit_interrupted(as_json: bool) -> NoReturn:
     Skipping interpreter finalization is deliberate: an interrupt that lands inside a C extension's import (torch,
     onnx) made CPython exit with -2 (its unhandled-KeyboardInterrupt flag) or crash with -11 while finalizing.
     """
-    try:
-        _fail(Interrupted("interrupted", "run the command again; nothing was published"), as_json)
-    except SystemExit as exit_request:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(int(exit_request.code or 130))
+    error = Interrupted("interrupted", "run the command again; nothing was published")
+    _report(error, as_json)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(error.exit_code)
 
 
 @app.command()
@@ -280,6 +283,6 @@ def main(argv: list[str] | None = None) -> None:
         error.exit_code = getattr(exc, "exit_code", 2)
         _fail(error, as_json=False)
     except typer.Abort:
-        _fail(Interrupted("interrupted", "run the command again; nothing was published"), as_json=False)
+        _exit_interrupted(as_json=False)
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None

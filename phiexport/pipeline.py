@@ -123,7 +123,6 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
 def _import_heavy_libraries() -> None:
     import onnx  # noqa: F401
     import onnxruntime  # noqa: F401
-    import onnxruntime_genai  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
     from onnxruntime_genai.models import builder  # noqa: F401

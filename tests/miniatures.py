@@ -12,6 +12,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 2000  # differs from every projection width below (the builder takes any Linear of vocab width for lm_head)
+# Llama 3.2 / SmolLM2 / Qwen2.5 shape, shrunk: head_dim 64, 2 query heads per KV head, tied embeddings.
+SMALL_GQA_DECODER = {
+    "vocab_size": VOCAB,
+    "hidden_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "max_position_embeddings": 1024,
+    "tie_word_embeddings": True,
+}
 
 PHI4_TEMPLATE = (
     "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endfor %}"
@@ -119,16 +130,9 @@ def make_llama_mini(directory: Path) -> Path:
         eos="<|eot_id|>",
     )
     config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=256,
+        **SMALL_GQA_DECODER,
         intermediate_size=640,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=64,
-        max_position_embeddings=1024,
         rope_theta=500000.0,
-        tie_word_embeddings=True,
         bos_token_id=ids["<|begin_of_text|>"],
         eos_token_id=ids["<|eot_id|>"],
     )
@@ -146,15 +150,9 @@ def make_qwen2_mini(directory: Path) -> Path:
         directory, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], QWEN_TEMPLATE, bos="<|im_start|>", eos="<|im_end|>"
     )
     config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=256,
+        **SMALL_GQA_DECODER,
         intermediate_size=704,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
         rope_theta=1000000.0,
-        tie_word_embeddings=True,
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
     )

@@ -29,11 +29,13 @@ def gguf_architecture(path: Path) -> Architecture:
 
 
 def dequantized_checkpoint(path: Path, sha256: str, cache_root: Path) -> Path:
-    """An fp32 Hugging Face directory holding `path`'s weights, tokenizer and chat template."""
+    """An fp32 Hugging Face directory holding `path`'s weights, tokenizer and chat template.
+
+    Call gguf_architecture first: this loads every tensor.
+    """
     target = cache_root / "gguf" / sha256[:32]
     if (target / _COMPLETE).is_file():
         return target
-    gguf_architecture(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
     try:

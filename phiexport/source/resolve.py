@@ -57,6 +57,7 @@ def _from_directory(path: Path, source: SourceConfig, kind: str, origin: str, re
 
 
 def _from_gguf(path: Path, origin: str, cache_root: Path) -> Checkpoint:
+    gguf.gguf_architecture(path)  # header only: refuse an unsupported file before hashing gigabytes
     digest = sha256_file(path)
     directory = gguf.dequantized_checkpoint(path, digest, cache_root)
     config = read_json(directory / "config.json")
