@@ -103,14 +103,22 @@ def build(
     precision: Annotated[str | None, typer.Option(help="Weights: int4, int8 or fp32.")] = None,
     quant: Annotated[str | None, typer.Option(help="Weight method for int4/int8: rtn or k_quant.")] = None,
     block_size: Annotated[int | None, typer.Option(help="Quantization block: 16, 32, 64, 128 or 256.")] = None,
-    symmetric: Annotated[bool | None, typer.Option("--symmetric/--asymmetric", help="Zero points or not.")] = None,
+    symmetric: Annotated[
+        bool | None, typer.Option("--symmetric/--asymmetric", help="rtn without or with zero points.")
+    ] = None,
     accuracy_level: Annotated[int | None, typer.Option(help="MatMulNBits compute: 0-4 (4 = int8).")] = None,
     revision: Annotated[str | None, typer.Option(help="Hub branch, tag or commit.")] = None,
-    allow_pickle: Annotated[bool, typer.Option(help="Allow pickle .bin weights (loaded weights-only).")] = False,
-    trust_remote_code: Annotated[bool, typer.Option(help="Allow the checkpoint's own Python code.")] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Allow pickle .bin weights (loaded weights-only).")
+    ] = False,
+    trust_remote_code: Annotated[
+        bool, typer.Option("--trust-remote-code", help="Allow the checkpoint's own Python code.")
+    ] = False,
     eval_sequences: Annotated[int | None, typer.Option(help="Held-out sequences scored in the build check.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder [packages/<recipe>].")] = None,
-    force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output folder, once the new build succeeded.")
+    ] = False,
     as_json: JsonFlag = False,
     debug: DebugFlag = False,
 ) -> None:
@@ -169,8 +177,9 @@ def build(
             )
             return
         table = Table(title=f"{resolved.name}: {resolved.quantization.describe()}")
-        for column in ("package", "ppl ref → pkg", "KL mean", "KL p99", "top-1"):
-            table.add_column(column)
+        table.add_column("package", overflow="fold")
+        for column in ("ppl ref → pkg", "KL mean", "KL p99", "top-1"):
+            table.add_column(column, no_wrap=True)
         for name, report in result.reports.items():
             m = report["metrics"]
             table.add_row(
@@ -204,7 +213,7 @@ def inspect(
         )
         source = summary["source"]
         console.print(f"source: {source['kind']} {source['origin']} ({source['architecture']})")
-        console.print(f"weights: {summary['weights']}")
+        console.print("weights: " + ", ".join(f"{key} {value}" for key, value in summary["weights"].items()))
         for graph, ops in summary["graphs"].items():
             console.print(f"{graph}: " + ", ".join(f"{op} {count}" for op, count in ops.items()))
         for name, size in summary["files"].items():

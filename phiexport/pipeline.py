@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phiexport.errors import BuildError
 from phiexport.evaluate.verify import verify_packages
 from phiexport.export.capture import output_to_log
 from phiexport.export.genai_builder import export_with_builder, stage_checkpoint
@@ -46,7 +47,7 @@ def cache_root() -> Path:
 def build(recipe: Recipe, output: Path, *, force: bool = False, progress: StageProgress | None = None) -> BuildResult:
     """Build every target of `recipe` into `output/<target>/`; nothing appears at `output` unless all succeed.
 
-    The builder's own output goes to a log file that is deleted on success and named in the error otherwise.
+    The builder's own output goes to a log file, kept only when a BuildError names it.
     """
     progress = progress or StageProgress()
     output = output.absolute()
@@ -57,9 +58,9 @@ def build(recipe: Recipe, output: Path, *, force: bool = False, progress: StageP
     try:
         with output_to_log(log_path):
             result = _build_into(recipe, output, force, progress, log_path)
-    except BaseException:
-        if log_path.stat().st_size == 0:
-            log_path.unlink()
+    except BaseException as exc:
+        if not isinstance(exc, BuildError):  # only a BuildError names the log in its message
+            log_path.unlink(missing_ok=True)
         raise
     log_path.unlink(missing_ok=True)
     return result

@@ -174,12 +174,14 @@ def recipe_for_source(model: str) -> Recipe:
 
 def _first_problem(exc: ValidationError) -> str:
     error = exc.errors()[0]
-    key = ".".join(str(part) for part in error["loc"]) or "recipe"
+    key = ".".join(str(part) for part in error["loc"])
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return f"unknown key {key!r}"
     if error["type"] == "missing":
         return f"missing required key {key!r}"
+    if not key:  # a combination of keys, checked on the whole recipe
+        return message
     return f"{key}: {message} (got {error.get('input')!r})"
 
 

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 def isolated_environment(tmp_path_factory: pytest.TempPathFactory):
     """Every cache a build writes stays in the session's tmp dir, and nothing reaches for the network."""
     root = tmp_path_factory.mktemp("caches")
+    (root / "tmp").mkdir()
     with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(root / "tmp"))  # build logs and scratch of CLI subprocesses
+        patch.setattr(tempfile, "tempdir", str(root / "tmp"))
         patch.setenv("PHIEXPORT_CACHE", str(root / "phiexport"))
         patch.setenv("HF_HOME", str(root / "hf-home"))
         patch.setenv("HF_HUB_OFFLINE", "1")
