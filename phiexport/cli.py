@@ -189,7 +189,10 @@ def build(
                 f"{m['kl_p99']:.4f}",
                 f"{m['top1_agreement']:.1%}",
             )
-        Console().print(table)
+        first = next(iter(result.packages.values()))
+        stdout = Console()
+        stdout.print(table)
+        stdout.print(f'run it: phiexport run {first} "Hello"    inspect it: phiexport inspect {first}')
 
 
 @app.command()

@@ -18,6 +18,7 @@ MANIFEST_NAME = "manifest.json"
 DEPENDENCIES = (
     "onnxruntime",
     "onnxruntime-genai",
+    "onnxruntime-qnn",
     "onnx",
     "onnx-ir",
     "transformers",

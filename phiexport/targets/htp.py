@@ -1,0 +1,98 @@
+"""Qualcomm Hexagon NPU (HTP) through onnxruntime-qnn: SoC presets, sessions, offline context-binary compilation.
+
+On x86 the same libQnnHtp runs graphs on Qualcomm's HTP simulator, so everything here runs in CI; timings from it
+rank ops but say nothing about device latency.
+
+    >>> compile_context_binary(Path("body_qdq.onnx"), Path("body_ctx.onnx"), soc("x-elite"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from phiexport.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Soc:
+    name: str  # what users pass to --soc
+    soc_model: int  # QNN's soc_model number
+    htp_arch: int  # Hexagon architecture version (v73 → 73)
+    chip: str  # Qualcomm part number
+
+
+# soc_model and htp_arch as read back from context binaries compiled by onnxruntime-qnn 2.7.0 (QNN SDK 2.51).
+SOCS: dict[str, Soc] = {
+    soc.name: soc
+    for soc in (
+        Soc("x-elite", 60, 73, "SC8380XP"),
+        Soc("x2-elite", 88, 81, "SC8480XP"),
+        Soc("8-gen-1", 36, 69, "SM8450"),
+        Soc("8-gen-2", 43, 73, "SM8550"),
+        Soc("8-gen-3", 57, 75, "SM8650"),
+        Soc("8-elite", 69, 79, "SM8750"),
+        Soc("sm8850", 87, 81, "SM8850"),
+    )
+}
+
+
+def soc(name: str) -> Soc:
+    """The SoC for a readable name (`x-elite`) or a part number (`SC8380XP`), case-insensitive."""
+    wanted = name.strip().lower()
+    for candidate in SOCS.values():
+        if wanted in (candidate.name, candidate.chip.lower()):
+            return candidate
+    raise UsageError(f"unknown SoC {name!r}", f"choose one of {', '.join(SOCS)}")
+
+
+_registered: list[bool] = [False]
+
+
+def _qnn_devices() -> list[Any]:
+    import onnxruntime as ort
+    import onnxruntime_qnn
+
+    if not _registered[0]:
+        ort.register_execution_provider_library(onnxruntime_qnn.get_ep_name(), onnxruntime_qnn.get_library_path())
+        _registered[0] = True
+    return [device for device in ort.get_ep_devices() if device.ep_name == "QNNExecutionProvider"]
+
+
+def htp_session_options(target: Soc, *, context_path: Path | None = None, embed: bool = False) -> Any:
+    """SessionOptions that put every node on the HTP or fail (CPU fallback disabled).
+
+    With `context_path`, creating a session compiles the graph and writes `context_path` (an ONNX model holding one
+    EPContext node) beside a `.bin` context binary, or inside it when `embed`.
+    """
+    import onnxruntime as ort
+    import onnxruntime_qnn
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    if context_path is not None:
+        options.add_session_config_entry("ep.context_enable", "1")
+        options.add_session_config_entry("ep.context_file_path", str(context_path))
+        options.add_session_config_entry("ep.context_embed_mode", "1" if embed else "0")
+    provider_options = {"backend_path": onnxruntime_qnn.get_qnn_htp_path(), "soc_model": str(target.soc_model)}
+    options.add_provider_for_devices(_qnn_devices(), provider_options)
+    return options
+
+
+def htp_session(model_path: Path, target: Soc) -> Any:
+    """An InferenceSession running `model_path` (a QDQ graph or a compiled `*_ctx.onnx`) entirely on the HTP."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(model_path), sess_options=htp_session_options(target))
+
+
+def compile_context_binary(model_path: Path, context_path: Path, target: Soc) -> Path:
+    """Compile `model_path` for `target` into `context_path` (+ its `.bin`); returns `context_path`."""
+    import onnxruntime as ort
+
+    ort.InferenceSession(str(model_path), sess_options=htp_session_options(target, context_path=context_path))
+    if not context_path.is_file():
+        raise RuntimeError(f"onnxruntime-qnn wrote no context model at {context_path}")
+    return context_path
