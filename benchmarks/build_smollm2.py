@@ -2,7 +2,7 @@
 accuracy against the fp32 reference as a Markdown table.
 
     python benchmarks/build_smollm2.py                                  # the default variants below
-    python benchmarks/build_smollm2.py --variants "" "--block-size 128" --sequences 200
+    python benchmarks/build_smollm2.py --sequences 200 -- "" "--block-size 128 --rotate"
 
 Each build runs `phiexport build` in its own process (cold start, as a user runs it); peak RSS is that
 process's own (os.wait4).
@@ -25,6 +25,8 @@ VARIANTS = [
     "--asymmetric",
     "--quant k_quant",
     "--block-size 128",
+    "--rotate",
+    "--block-size 128 --rotate",
     "--precision int8",
     "--precision fp32",
 ]
@@ -59,7 +61,7 @@ def build(flags: str, sequences: int, output: Path, cache: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=VARIANTS, help="extra `phiexport build` flags per row")
+    parser.add_argument("variants", nargs="*", default=VARIANTS, help="extra `phiexport build` flags per row, after --")
     parser.add_argument("--sequences", type=int, default=32, help="held-out GSM8K sequences scored per package")
     parser.add_argument("--save", type=Path, help="also write the raw rows as JSON")
     args = parser.parse_args()
@@ -86,11 +88,10 @@ def main() -> None:
 
 def _label(quantization: dict) -> str:
     if quantization["precision"] not in ("int4", "int8"):
-        return quantization["precision"]
+        return quantization["precision"] + (" + rotation" if quantization.get("rotate") else "")
     zero_points = quantization["method"] == "k_quant" or quantization["symmetric"] is False
-    return f"{quantization['precision']} {quantization['method']} b{quantization['block_size']} " + (
-        "asym" if zero_points else "sym"
-    )
+    label = f"{quantization['precision']} {quantization['method']} b{quantization['block_size']} "
+    return label + ("asym" if zero_points else "sym") + (" + rotation" if quantization.get("rotate") else "")
 
 
 if __name__ == "__main__":

@@ -107,6 +107,9 @@ def build(
         bool | None, typer.Option("--symmetric/--asymmetric", help="rtn without or with zero points.")
     ] = None,
     accuracy_level: Annotated[int | None, typer.Option(help="MatMulNBits compute: 0-4 (4 = int8).")] = None,
+    rotate: Annotated[
+        bool, typer.Option("--rotate", help="Fold a randomized Hadamard rotation into the weights first.")
+    ] = False,
     revision: Annotated[str | None, typer.Option(help="Hub branch, tag or commit.")] = None,
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="Allow pickle .bin weights (loaded weights-only).")
@@ -145,6 +148,7 @@ def build(
                 block_size=block_size,
                 symmetric=symmetric,
                 accuracy_level=accuracy_level,
+                rotate=rotate or None,
             ),
             "evaluation": _given(sequences=eval_sequences),
         }

@@ -23,6 +23,7 @@ from phiexport.package.card import write_model_card
 from phiexport.package.manifest import write_manifest
 from phiexport.package.publish import check_output, staged_output
 from phiexport.progress import StageProgress
+from phiexport.quantize.rotation import rotated_checkpoint
 from phiexport.quantize.weight_only import builder_options, check_block_layout, check_weight_nodes
 from phiexport.recipe import Recipe
 from phiexport.source import resolve_source
@@ -75,6 +76,15 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
 
         quant = recipe.quantization
         check_block_layout(checkpoint.config, quant)
+        exported = checkpoint
+        if quant.rotate:
+            with progress.stage("rotate", f"hadamard, seed {quant.rotation_seed}"):
+                exported = rotated_checkpoint(
+                    checkpoint,
+                    Path(scratch) / "rotated",
+                    seed=quant.rotation_seed,
+                    trust_remote_code=recipe.source.trust_remote_code,
+                )
         options = builder_options(quant)
         if recipe.source.trust_remote_code:
             options["hf_remote"] = "true"
@@ -85,7 +95,7 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
             package_dir = staging / target.name
             with progress.stage(f"export {target.name}", quant.describe()):
                 export_with_builder(
-                    stage_checkpoint(checkpoint, Path(scratch) / target.name),
+                    stage_checkpoint(exported, Path(scratch) / target.name),
                     package_dir,
                     precision=quant.precision,
                     execution_provider=target.execution_provider,

@@ -47,6 +47,8 @@ class QuantizationConfig(_Strict):
     block_size: int = 32
     symmetric: bool | None = Field(None, description="rtn: symmetric unless false; k_quant always has zero points")
     accuracy_level: int = Field(4, ge=0, le=4, description="MatMulNBits compute type: 0 default, 1 fp32 … 4 int8")
+    rotate: bool = Field(False, description="Fold a randomized Hadamard rotation of the residual stream in first")
+    rotation_seed: int = Field(0, ge=0, description="Seed of the rotation's random signs")
 
     @field_validator("block_size")
     @classmethod
@@ -74,9 +76,11 @@ class QuantizationConfig(_Strict):
 
     def describe(self) -> str:
         """Short human label, e.g. `int4 rtn block 32 sym`."""
+        rotation = " + hadamard rotation" if self.rotate else ""
         if not self.is_integer:
-            return f"{self.precision} (weights not quantized)"
-        return f"{self.precision} {self.method} block {self.block_size} {'asym' if self.zero_points else 'sym'}"
+            return f"{self.precision} (weights not quantized){rotation}"
+        symmetry = "asym" if self.zero_points else "sym"
+        return f"{self.precision} {self.method} block {self.block_size} {symmetry}{rotation}"
 
 
 class EvaluationConfig(_Strict):

@@ -98,3 +98,15 @@ def test_hub_id_builds_an_int4_package_offline(mini_phi4, tmp_path):
     assert missing.returncode == 3
     assert "HF_HUB_OFFLINE is set" in missing.stderr
     assert not (tmp_path / "o2").exists()
+
+
+def test_rotated_fp32_package_still_matches_the_unrotated_model(mini_phi4, tmp_path):
+    recipe = recipe_for_source(str(mini_phi4)).with_overrides(
+        {"quantization": {"precision": "fp32", "rotate": True, "rotation_seed": 7}, "evaluation": FAST_CHECK}
+    )
+    package = build(recipe, tmp_path / "out").packages["cpu"]
+    token_ids = np.random.default_rng(4).integers(10, 2000, size=150).tolist()
+    assert max_logit_error(package, mini_phi4, token_ids)[0] < 1e-4  # against the original, unrotated checkpoint
+    manifest = json.loads((package / "manifest.json").read_text())
+    assert manifest["recipe"]["quantization"]["rotate"] is True
+    assert manifest["source"]["files"]["model.safetensors"]["sha256"]  # the source, not the rotated copy

@@ -1,0 +1,78 @@
+"""QuaRot-style rotation of the residual stream, folded into a Hugging Face decoder's weights before quantization.
+
+With Q an orthogonal randomized Hadamard matrix, the residual stream h becomes hQ: every linear that reads the
+stream turns into W·diag(g)·Q (the RMSNorm scale g folded in first, since RMSNorm commutes with Q only without it),
+every linear that writes it into Qᵀ·W, and the embedding into E·Q. The fp32 model computes the same logits, while
+outlier channels are spread over all channels, which makes the weights and activations easier to quantize.
+Written here because no installed library folds rotations into HF checkpoints (neural-compressor and onnxruntime
+quantize ONNX graphs; their rotation code expects training frameworks and GPUs).
+
+Llama, Phi-3 and Qwen2 share the layout this relies on: `input_layernorm` → attention (`o_proj` writes),
+`post_attention_layernorm` → MLP (`down_proj` writes), final `model.norm` → `lm_head`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+from phiexport.quantize.hadamard import random_orthogonal_hadamard
+from phiexport.source import Checkpoint
+from phiexport.source.hf_dir import read_json
+
+_WRITERS = {"self_attn": "o_proj", "mlp": "down_proj"}
+
+
+def rotate_decoder(model: Any, seed: int) -> None:
+    """Rotate `model` (a transformers causal LM, modified in place); tied embeddings are untied."""
+    import torch
+
+    inner = model.model
+    rotation = torch.from_numpy(random_orthogonal_hadamard(model.config.hidden_size, seed))
+    final_norm = inner.norm.weight.detach().double()
+    lm_head = (model.lm_head.weight.detach().double() * final_norm[None, :]) @ rotation
+    embedding = inner.embed_tokens.weight.detach().double() @ rotation
+
+    with torch.no_grad():
+        for layer in inner.layers:
+            for block, norm in (("self_attn", layer.input_layernorm), ("mlp", layer.post_attention_layernorm)):
+                module = getattr(layer, block)
+                scale = norm.weight.detach().double()
+                for name, linear in module.named_children():
+                    if isinstance(linear, torch.nn.Linear) and name != _WRITERS[block]:
+                        _set(linear.weight, (linear.weight.double() * scale[None, :]) @ rotation)
+                norm.weight.fill_(1.0)
+                writer = getattr(module, _WRITERS[block])
+                _set(writer.weight, rotation.T @ writer.weight.double())
+                if writer.bias is not None:
+                    _set(writer.bias, rotation.T @ writer.bias.double())
+        inner.norm.weight.fill_(1.0)
+        dtype = inner.embed_tokens.weight.dtype
+        inner.embed_tokens.weight = torch.nn.Parameter(embedding.to(dtype), requires_grad=False)
+        model.lm_head.weight = torch.nn.Parameter(lm_head.to(dtype), requires_grad=False)
+    model.config.tie_word_embeddings = False
+
+
+def rotated_checkpoint(checkpoint: Checkpoint, output: Path, *, seed: int, trust_remote_code: bool) -> Checkpoint:
+    """A copy of `checkpoint` with rotated fp32 weights in `output`; tokenizer and chat template copied alongside.
+
+    The manifest keeps describing the original source: only `path` and `config` change.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        checkpoint.path, dtype=torch.float32, trust_remote_code=trust_remote_code
+    ).eval()
+    rotate_decoder(model, seed)
+    model.save_pretrained(output)
+    for item in checkpoint.path.iterdir():
+        if item.is_file() and not (output / item.name).exists() and not item.name.endswith(".safetensors"):
+            shutil.copy2(item, output / item.name)
+    return dataclasses.replace(checkpoint, path=output, config=read_json(output / "config.json"))
+
+
+def _set(parameter: Any, value: Any) -> None:
+    parameter.copy_(value.to(parameter.dtype))
