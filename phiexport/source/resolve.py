@@ -12,7 +12,7 @@ from phiexport.digest import describe_files, sha256_file
 from phiexport.errors import SourceError, UsageError
 from phiexport.recipe import SourceConfig
 from phiexport.source import gguf, hub
-from phiexport.source.checkpoint import Checkpoint
+from phiexport.source.checkpoint import Checkpoint, SourceKind
 from phiexport.source.hf_dir import check_hf_dir, read_json
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -41,13 +41,15 @@ def resolve_source(source: SourceConfig, cache_root: Path) -> Checkpoint:
     raise UsageError(f"no such file or directory: {model}", "check the path, or pass a Hub id like org/name")
 
 
-def _from_directory(path: Path, source: SourceConfig, kind: str, origin: str, revision: str | None) -> Checkpoint:
+def _from_directory(
+    path: Path, source: SourceConfig, kind: SourceKind, origin: str, revision: str | None
+) -> Checkpoint:
     config, architecture, used = check_hf_dir(
         path, allow_pickle=source.allow_pickle, trust_remote_code=source.trust_remote_code
     )
     return Checkpoint(
         path=path,
-        kind="hub" if kind == "hub" else "hf_dir",
+        kind=kind,
         origin=origin,
         revision=revision,
         config=config,
