@@ -21,7 +21,7 @@ from phiexport.export.genai_builder import export_with_builder, stage_checkpoint
 from phiexport.interrupts import deferred
 from phiexport.package.card import write_model_card
 from phiexport.package.manifest import write_manifest
-from phiexport.package.publish import check_output, staged_output
+from phiexport.package.publish import staged_output
 from phiexport.progress import StageProgress
 from phiexport.quantize.rotation import rotated_checkpoint
 from phiexport.quantize.weight_only import builder_options, check_block_layout, check_weight_nodes
@@ -52,7 +52,6 @@ def build(recipe: Recipe, output: Path, *, force: bool = False, progress: StageP
     """
     progress = progress or StageProgress()
     output = output.absolute()
-    check_output(output, force=force)
     log_fd, log_name = tempfile.mkstemp(prefix="phiexport-build-", suffix=".log")
     os.close(log_fd)
     log_path = Path(log_name)
