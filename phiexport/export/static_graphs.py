@@ -1,0 +1,263 @@
+"""Static-shape ONNX graphs for NPUs: the decoder body over a fixed chunk, and the CPU-side embeddings and LM head.
+
+The body graph is written from a module that calls the checkpoint's own norms, projections and MLP, so every
+architecture transformers supports with the Llama layout (Llama, Phi-3, Qwen2) exports without a per-model rewrite.
+Its attention is spelled out in the form the HTP runs (docs/npu.md): the query heads of each KV group are folded
+into the row axis, so every tensor stays 4-D and K/V are never repeated; the mask is additive.
+
+Graph contract (S = chunk tokens, C = cache slots, d = hidden, D = head_dim, R = rotary dims):
+    embeddings.onnx  input_ids [1,S] int64, position_ids [1,S] int64 → hidden [1,S,d], cos, sin [1,1,S,R]
+    body (S=chunk, S=1)  hidden, cos, sin, mask [1,1,S,C+S], past_key.i / past_value.i [1,Hkv,C,D]
+                     → hidden_out [1,S,d], new_key.i / new_value.i [1,Hkv,S,D]   (the runner owns the cache)
+    lm_head.onnx     hidden [1,S,d] → logits [1,S,V]
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+MASKED = -1.0e4  # additive mask value; float32's min wrecks the uint16 encoding of scores + mask (docs/npu.md)
+
+
+@dataclass(frozen=True)
+class StaticLayout:
+    """The shapes every NPU graph and the runner agree on."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    rotary_dim: int
+    vocab: int
+    context: int  # KV cache slots: the longest sequence a package runs
+    chunk: int  # prompt tokens per prefill step
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], *, context: int, chunk: int) -> StaticLayout:
+        heads = config["num_attention_heads"]
+        head_dim = config.get("head_dim") or config["hidden_size"] // heads
+        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+        partial = rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+        return cls(
+            layers=config["num_hidden_layers"],
+            hidden=config["hidden_size"],
+            heads=heads,
+            kv_heads=config.get("num_key_value_heads") or heads,
+            head_dim=head_dim,
+            rotary_dim=int(head_dim * partial),
+            vocab=config["vocab_size"],
+            context=context,
+            chunk=chunk,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def cache_names(self) -> list[str]:
+        return [f"past_{kind}.{i}" for i in range(self.layers) for kind in ("key", "value")]
+
+
+def rotary_tables(model: Any, positions: int) -> tuple[Any, Any]:
+    """cos and sin `[positions, R]` from the model's own rotary embedding, one row per absolute position.
+
+    LongRoPE rule: a position below original_max_position_embeddings uses the short factors, any later position the
+    long ones. Transformers instead switches every position of a forward to the long factors once the sequence passes
+    that length, which an incremental runtime cannot do (its cached keys are already rotated); keeping each
+    position's own rotation makes a token's encoding independent of how the prompt was chunked.
+    """
+    import torch
+
+    rotary = model.model.rotary_emb
+    probe = torch.zeros(1, dtype=torch.float32)
+    cos, sin = rotary(probe, torch.arange(positions)[None, :])
+    original = (model.config.rope_parameters or {}).get("original_max_position_embeddings")
+    if rotary.rope_type == "longrope" and original and positions > original:
+        short_cos, short_sin = rotary(probe, torch.arange(original)[None, :])
+        cos = torch.cat([short_cos[:, :original], cos[:, original:]], dim=1)
+        sin = torch.cat([short_sin[:, :original], sin[:, original:]], dim=1)
+    return cos[0].float(), sin[0].float()
+
+
+def _modules() -> tuple[type, type, type]:
+    import torch
+
+    class Embeddings(torch.nn.Module):
+        def __init__(self, model: Any, cos: Any, sin: Any):
+            super().__init__()
+            self.embed_tokens = model.model.embed_tokens
+            self.register_buffer("cos_table", cos)
+            self.register_buffer("sin_table", sin)
+
+        def forward(self, input_ids: Any, position_ids: Any) -> tuple[Any, Any, Any]:
+            cos = self.cos_table[position_ids].unsqueeze(1)
+            sin = self.sin_table[position_ids].unsqueeze(1)
+            return self.embed_tokens(input_ids), cos, sin
+
+    class Body(torch.nn.Module):
+        def __init__(self, model: Any, layout: StaticLayout):
+            super().__init__()
+            self.layers = model.model.layers
+            self.layout = layout
+
+        def forward(self, hidden: Any, cos: Any, sin: Any, mask: Any, *past: Any) -> tuple[Any, ...]:
+            new_cache: list[Any] = []
+            for index, layer in enumerate(self.layers):
+                attention, (key, value) = self._attention(
+                    layer, layer.input_layernorm(hidden), cos, sin, mask, past[2 * index], past[2 * index + 1]
+                )
+                hidden = hidden + attention
+                hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+                new_cache += [key, value]
+            return (hidden, *new_cache)
+
+        def _attention(
+            self, layer: Any, x: Any, cos: Any, sin: Any, mask: Any, past_key: Any, past_value: Any
+        ) -> tuple[Any, tuple[Any, Any]]:
+            lay = self.layout
+            steps = x.shape[1]
+            attn = layer.self_attn
+            query, key, value = _project_qkv(attn, x, lay)
+            query = _rotate(
+                query.view(1, steps, lay.heads, lay.head_dim).transpose(1, 2), cos, sin, lay.rotary_dim, lay.head_dim
+            )
+            key = _rotate(
+                key.view(1, steps, lay.kv_heads, lay.head_dim).transpose(1, 2), cos, sin, lay.rotary_dim, lay.head_dim
+            )
+            value = value.view(1, steps, lay.kv_heads, lay.head_dim).transpose(1, 2)
+            group = lay.heads // lay.kv_heads
+            # fold: [1, H, S, D] → [1, Hkv, group·S, D], rows ordered (head in group, step)
+            folded = query.reshape(1, lay.kv_heads, group * steps, lay.head_dim)
+            keys = torch.cat([past_key, key], dim=2)
+            values = torch.cat([past_value, value], dim=2)
+            scores = torch.matmul(folded, keys.transpose(2, 3)) * attn.scaling
+            probs = torch.softmax(scores + mask.repeat(1, 1, group, 1), dim=-1)
+            out = torch.matmul(probs, values).view(1, lay.heads, steps, lay.head_dim)
+            out = out.transpose(1, 2).reshape(1, steps, lay.heads * lay.head_dim)
+            return attn.o_proj(out), (key, value)
+
+    class LmHead(torch.nn.Module):
+        def __init__(self, model: Any):
+            super().__init__()
+            self.norm = model.model.norm
+            self.lm_head = model.lm_head
+
+        def forward(self, hidden: Any) -> Any:
+            return self.lm_head(self.norm(hidden))
+
+    return Embeddings, Body, LmHead
+
+
+def _project_qkv(attn: Any, x: Any, lay: StaticLayout) -> tuple[Any, Any, Any]:
+    if hasattr(attn, "qkv_proj"):  # Phi-3 fuses the three projections
+        qkv = attn.qkv_proj(x)
+        q_size, kv_size = lay.heads * lay.head_dim, lay.kv_heads * lay.head_dim
+        return qkv[..., :q_size], qkv[..., q_size : q_size + kv_size], qkv[..., q_size + kv_size :]
+    return attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+
+
+def _rotate(x: Any, cos: Any, sin: Any, rotary_dim: int, head_dim: int) -> Any:
+    """Rotary embedding on the first `rotary_dim` dims (partial rotary keeps the rest), halves rotated as in HF."""
+    import torch
+
+    rot = x[..., :rotary_dim]
+    half = rotary_dim // 2
+    out = rot * cos + torch.cat([-rot[..., half:], rot[..., :half]], dim=-1) * sin
+    return torch.cat([out, x[..., rotary_dim:]], dim=-1) if rotary_dim < head_dim else out
+
+
+def export_static_graphs(model: Any, layout: StaticLayout, output: Path) -> dict[str, Path]:
+    """Write embeddings.onnx, body_prefill.onnx, body_decode.onnx and lm_head.onnx (fp32) into `output`."""
+    import torch
+
+    Embeddings, Body, LmHead = _modules()
+    output.mkdir(parents=True, exist_ok=True)
+    cos, sin = rotary_tables(model, layout.context)
+    paths = {
+        "embeddings": output / "embeddings.onnx",
+        "prefill": output / "body_prefill.onnx",
+        "decode": output / "body_decode.onnx",
+        "lm_head": output / "lm_head.onnx",
+    }
+    ids = torch.zeros(1, 2, dtype=torch.int64)
+    with torch.no_grad():
+        _export(
+            Embeddings(model, cos, sin),
+            (ids, ids),
+            paths["embeddings"],
+            inputs=["input_ids", "position_ids"],
+            outputs=["hidden", "cos", "sin"],
+            dynamic={"input_ids": {1: "steps"}, "position_ids": {1: "steps"}},
+        )
+        body = Body(model, layout)
+        for kind, steps in (("prefill", layout.chunk), ("decode", 1)):
+            _export(
+                body,
+                body_example(layout, steps),
+                paths[kind],
+                inputs=body_input_names(layout),
+                outputs=[
+                    "hidden_out",
+                    *[f"new_{kind_}.{i}" for i in range(layout.layers) for kind_ in ("key", "value")],
+                ],
+            )
+        hidden = torch.zeros(1, 2, layout.hidden)
+        _export(
+            LmHead(model),
+            (hidden,),
+            paths["lm_head"],
+            inputs=["hidden"],
+            outputs=["logits"],
+            dynamic={"hidden": {1: "steps"}},
+        )
+    return paths
+
+
+def body_input_names(layout: StaticLayout) -> list[str]:
+    return ["hidden", "cos", "sin", "mask", *layout.cache_names()]
+
+
+def body_example(layout: StaticLayout, steps: int) -> tuple[Any, ...]:
+    import torch
+
+    cache = [torch.zeros(1, layout.kv_heads, layout.context, layout.head_dim) for _ in range(2 * layout.layers)]
+    return (
+        torch.zeros(1, steps, layout.hidden),
+        torch.ones(1, 1, steps, layout.rotary_dim),
+        torch.zeros(1, 1, steps, layout.rotary_dim),
+        torch.zeros(1, 1, steps, layout.context + steps),
+        *cache,
+    )
+
+
+def _export(
+    module: Any,
+    example: tuple[Any, ...],
+    path: Path,
+    *,
+    inputs: list[str],
+    outputs: list[str],
+    dynamic: dict[str, dict[int, str]] | None = None,
+) -> None:
+    """TorchScript export at opset 17: static shapes trace cleanly and the QNN quantization tools expect it."""
+    import tempfile
+
+    import onnx
+    import torch
+
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:  # TorchScript scatters >2 GB weights per tensor
+        traced = Path(scratch) / "model.onnx"
+        torch.onnx.export(
+            module,
+            example,
+            str(traced),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=dynamic,
+            opset_version=17,
+            dynamo=False,
+        )
+        model = onnx.load(str(traced))
+    onnx.save(model, str(path), save_as_external_data=True, location=f"{path.stem}.data", size_threshold=1024)

@@ -1,0 +1,1 @@
+"""Runners for packages whose graphs phiexport drives itself (static-shape NPU pipelines)."""

@@ -1,0 +1,117 @@
+"""phiexport's runner for static-shape NPU packages: embeddings → body (prefill chunks or 1-token decode) → LM head.
+
+The runner owns the KV cache: `filled` slots hold the tokens seen so far; each body step gets an additive mask that
+shows it those slots plus its own causal chunk and hides the rest, and returns only the new K/V, which the runner
+writes into the next slots. A prompt is cut into chunks of the prefill size; the last chunk is padded and the pad
+rows are computed and thrown away (their K/V never enter the cache), so prompts of any length run, a single token too.
+
+    >>> pipeline = StaticPipeline.from_graphs(graphs, layout, device="cpu")     # doctest: +SKIP
+    >>> pipeline.generate(prompt_ids, new_tokens=32, stop_ids={2})            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phiexport.errors import BuildError
+from phiexport.export.static_graphs import MASKED, StaticLayout, body_input_names
+
+PAD_TOKEN = 0  # any id works: pad rows are masked from the real ones and discarded
+
+
+class StaticPipeline:
+    """One sequence at a time through the four graphs of an NPU package."""
+
+    def __init__(self, sessions: dict[str, Any], layout: StaticLayout):
+        self.sessions = sessions
+        self.layout = layout
+        self.filled = 0
+        shape = (1, layout.kv_heads, layout.context, layout.head_dim)
+        self.cache = {name: np.zeros(shape, dtype=np.float32) for name in layout.cache_names()}
+        self._input_names = body_input_names(layout)
+
+    @classmethod
+    def from_graphs(
+        cls,
+        graphs: dict[str, Path],
+        layout: StaticLayout,
+        *,
+        body_session: Callable[[Path], Any] | None = None,
+    ) -> StaticPipeline:
+        """Sessions for `graphs` (embeddings, prefill, decode, lm_head): CPU EP unless `body_session` opens the bodies."""
+        sessions = {name: cpu_session(path) for name, path in graphs.items() if name in ("embeddings", "lm_head")}
+        open_body = body_session or cpu_session
+        sessions["prefill"] = open_body(graphs["prefill"])
+        sessions["decode"] = open_body(graphs["decode"])
+        return cls(sessions, layout)
+
+    def reset(self) -> None:
+        self.filled = 0
+        for buffer in self.cache.values():
+            buffer.fill(0.0)
+
+    def hidden_states(self, token_ids: Iterable[int]) -> np.ndarray:
+        """Feed tokens after the ones already cached; `[n, d]` final hidden states (before the final norm)."""
+        ids = list(token_ids)
+        if self.filled + len(ids) > self.layout.context:
+            raise BuildError(
+                f"sequence of {self.filled + len(ids)} tokens exceeds the package's context of {self.layout.context}",
+                "build with a larger --context-length",
+            )
+        if len(ids) == 1:
+            return self._step(ids, "decode", 1)
+        chunk = self.layout.chunk
+        return np.concatenate([self._step(ids[i : i + chunk], "prefill", chunk) for i in range(0, len(ids), chunk)])
+
+    def logits(self, token_ids: Iterable[int]) -> np.ndarray:
+        """`[n, vocab]` logits for tokens fed after the cached ones (teacher-forced)."""
+        hidden = self.hidden_states(token_ids)
+        (logits,) = self.sessions["lm_head"].run(["logits"], {"hidden": hidden[None]})
+        return np.asarray(logits[0], dtype=np.float32)
+
+    def generate(
+        self, prompt_ids: list[int], new_tokens: int, stop_ids: set[int] | frozenset[int] = frozenset()
+    ) -> list[int]:
+        """Greedy continuation of `prompt_ids` from an empty cache, stopping at a stop id or the context's end."""
+        self.reset()
+        next_logits = self.logits(prompt_ids)[-1]
+        generated: list[int] = []
+        while len(generated) < new_tokens:
+            token = int(np.argmax(next_logits))
+            generated.append(token)
+            if token in stop_ids or self.filled >= self.layout.context:
+                break
+            next_logits = self.logits([token])[-1]
+        return generated
+
+    def _step(self, ids: list[int], graph: str, steps: int) -> np.ndarray:
+        real = len(ids)
+        start = self.filled
+        padded = np.full((1, steps), PAD_TOKEN, dtype=np.int64)
+        padded[0, :real] = ids
+        positions = np.minimum(np.arange(start, start + steps, dtype=np.int64), self.layout.context - 1)[None]
+        hidden, cos, sin = self.sessions["embeddings"].run(None, {"input_ids": padded, "position_ids": positions})
+        feed = {"hidden": hidden, "cos": cos, "sin": sin, "mask": self._mask(steps), **self.cache}
+        outputs = self.sessions[graph].run(None, {name: feed[name] for name in self._input_names})
+        for name, new in zip(self.layout.cache_names(), outputs[1:], strict=True):
+            self.cache[name][:, :, start : start + real] = new[:, :, :real]
+        self.filled += real
+        return np.asarray(outputs[0][0, :real], dtype=np.float32)
+
+    def _mask(self, steps: int) -> np.ndarray:
+        mask = np.full((1, 1, steps, self.layout.context + steps), MASKED, dtype=np.float32)
+        mask[..., : self.filled] = 0.0
+        mask[0, 0, :, self.layout.context :] = np.triu(np.full((steps, steps), MASKED, dtype=np.float32), k=1)
+        return mask
+
+
+def cpu_session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
