@@ -92,6 +92,46 @@ class EvaluationConfig(_Strict):
     greedy_tokens: int = Field(32, ge=1, le=512, description="New tokens per greedy prompt")
 
 
+class CalibrationConfig(_Strict):
+    """Text that calibrated quantization sees: bundled GSM8K train conversations, chat-formatted."""
+
+    sequences: int = Field(16, ge=1, le=1024, description="Conversations drawn from calibration/")
+    max_tokens: int = Field(256, ge=16, le=8192, description="Each conversation is cut to this many tokens")
+    seed: int = Field(0, ge=0, description="Seed of the draw (same seed, same package)")
+
+
+class NpuConfig(_Strict):
+    """Shape of the static NPU pipeline (Phi Silica-style) and the SoCs it is compiled for."""
+
+    socs: tuple[str, ...] = Field(("x-elite",), min_length=1, description="SoCs to compile context binaries for")
+    context_length: int = Field(512, ge=2, le=131072, description="KV cache slots: the longest sequence it runs")
+    chunk: int = Field(64, ge=2, le=1024, description="Prompt tokens per prefill step")
+    rotate: bool = Field(True, description="Fold a Hadamard rotation into the weights before quantizing")
+    decode_samples: int = Field(2, ge=0, le=64, description="Decode-graph calibration points per conversation")
+    lm_head_bits: Literal[4, 8] = Field(8, description="Bits of the CPU-side LM head (block 32)")
+
+    @field_validator("socs")
+    @classmethod
+    def _socs_known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from phiexport.targets.htp import SOCS, find_soc
+
+        names = []
+        for name in value:
+            found = find_soc(name)
+            if found is None:
+                raise ValueError(f"unknown SoC {name!r}; choose one of {', '.join(SOCS)}")
+            names.append(found.name)
+        if len(set(names)) != len(names):
+            raise ValueError("a SoC is listed twice")
+        return tuple(names)
+
+    @model_validator(mode="after")
+    def _context_holds_chunks(self) -> NpuConfig:
+        if self.context_length % self.chunk:
+            raise ValueError(f"context_length {self.context_length} is not a multiple of chunk {self.chunk}")
+        return self
+
+
 class Recipe(_Strict):
     version: Literal[1] = Field(description="Recipe schema version")
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)
@@ -99,6 +139,8 @@ class Recipe(_Strict):
     quantization: QuantizationConfig = QuantizationConfig()
     targets: tuple[str, ...] = Field(("cpu",), min_length=1)
     evaluation: EvaluationConfig = EvaluationConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    npu: NpuConfig = NpuConfig()
 
     @field_validator("targets")
     @classmethod
@@ -186,6 +228,8 @@ def _first_problem(exc: ValidationError) -> str:
         return f"missing required key {key!r}"
     if not key:  # a combination of keys, checked on the whole recipe
         return message
+    if isinstance(error.get("input"), dict):  # a combination of keys inside one section
+        return f"{key}: {message}"
     return f"{key}: {message} (got {error.get('input')!r})"
 
 

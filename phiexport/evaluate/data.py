@@ -47,18 +47,33 @@ def scored_sequences(tokenizer: Any, count: int, max_tokens: int) -> list[Scored
     """
     sequences = []
     for problem in gsm8k_test(count):
-        prompt = chat_prompt(tokenizer, problem["question"])
-        if tokenizer.chat_template:
-            conversation = [
-                {"role": "user", "content": problem["question"]},
-                {"role": "assistant", "content": problem["answer"]},
-            ]
-            full = str(tokenizer.apply_chat_template(conversation, tokenize=False))
-        else:
-            full = prompt + problem["answer"] + (tokenizer.eos_token or "")
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        full_ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_tokens]
+        prompt_ids = tokenizer(chat_prompt(tokenizer, problem["question"]), add_special_tokens=False)["input_ids"]
+        full_ids = conversation_ids(tokenizer, problem)[:max_tokens]
         if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) <= len(prompt_ids):
             continue  # the template re-tokenizes the prompt differently, or the answer was cut entirely
         sequences.append(ScoredSequence(token_ids=full_ids, score_from=len(prompt_ids)))
     return sequences
+
+
+def calibration_sequences(tokenizer: Any, count: int, max_tokens: int, seed: int) -> list[list[int]]:
+    """`count` bundled GSM8K train conversations (question + answer, chat-formatted), drawn with `seed`."""
+    import random
+
+    path: Path = data_dir("calibration") / "gsm8k_train_1024.jsonl"
+    with path.open(encoding="utf-8") as handle:
+        problems = [json.loads(line) for line in handle]
+    chosen = random.Random(seed).sample(problems, min(count, len(problems)))
+    return [conversation_ids(tokenizer, problem)[:max_tokens] for problem in chosen]
+
+
+def conversation_ids(tokenizer: Any, problem: dict[str, str]) -> list[int]:
+    """Token ids of one user question and its reference answer, in the model's chat format."""
+    if tokenizer.chat_template:
+        conversation = [
+            {"role": "user", "content": problem["question"]},
+            {"role": "assistant", "content": problem["answer"]},
+        ]
+        full = str(tokenizer.apply_chat_template(conversation, tokenize=False))
+    else:
+        full = chat_prompt(tokenizer, problem["question"]) + problem["answer"] + (tokenizer.eos_token or "")
+    return list(tokenizer(full, add_special_tokens=False)["input_ids"])

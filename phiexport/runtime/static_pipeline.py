@@ -33,6 +33,7 @@ class StaticPipeline:
         shape = (1, layout.kv_heads, layout.context, layout.head_dim)
         self.cache = {name: np.zeros(shape, dtype=np.float32) for name in layout.cache_names()}
         self._input_names = body_input_names(layout)
+        self.on_body_step: Callable[[str, dict[str, np.ndarray]], None] | None = None  # sees every body feed
 
     @classmethod
     def from_graphs(
@@ -96,7 +97,10 @@ class StaticPipeline:
         positions = np.minimum(np.arange(start, start + steps, dtype=np.int64), self.layout.context - 1)[None]
         hidden, cos, sin = self.sessions["embeddings"].run(None, {"input_ids": padded, "position_ids": positions})
         feed = {"hidden": hidden, "cos": cos, "sin": sin, "mask": self._mask(steps), **self.cache}
-        outputs = self.sessions[graph].run(None, {name: feed[name] for name in self._input_names})
+        feed = {name: feed[name] for name in self._input_names}
+        if self.on_body_step is not None:
+            self.on_body_step(graph, feed)
+        outputs = self.sessions[graph].run(None, feed)
         for name, new in zip(self.layout.cache_names(), outputs[1:], strict=True):
             self.cache[name][:, :, start : start + real] = new[:, :, :real]
         self.filled += real

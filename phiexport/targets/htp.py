@@ -38,13 +38,20 @@ SOCS: dict[str, Soc] = {
 }
 
 
-def soc(name: str) -> Soc:
+def find_soc(name: str) -> Soc | None:
     """The SoC for a readable name (`x-elite`) or a part number (`SC8380XP`), case-insensitive."""
     wanted = name.strip().lower()
     for candidate in SOCS.values():
         if wanted in (candidate.name, candidate.chip.lower()):
             return candidate
-    raise UsageError(f"unknown SoC {name!r}", f"choose one of {', '.join(SOCS)}")
+    return None
+
+
+def soc(name: str) -> Soc:
+    """Like `find_soc`, but an unknown name is a usage error listing the known ones."""
+    if (found := find_soc(name)) is None:
+        raise UsageError(f"unknown SoC {name!r}", f"choose one of {', '.join(SOCS)}")
+    return found
 
 
 _registered: list[bool] = [False]

@@ -1,0 +1,58 @@
+"""Static QDQ quantization of an NPU body graph: uint16 activations from calibration, 4-bit per-channel weights.
+
+onnxruntime's QNN quantization config does the work; phiexport only says which tensors are weights. Its default
+for MatMul weights is one scale per tensor ("QNN does not support per-channel MatMul"), which at 4 bits is poor
+(cosine 0.998, ../docs/npu.md), so every MatMul weight gets an explicit per-output-channel symmetric int4 override.
+Weights are quantized from their values alone, so the prefill and decode graphs get identical weight tensors and
+one context binary can hold them once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from phiexport.quantize.calibration import Feed, FeedReader
+
+WEIGHT_BITS = {4: "QInt4", 8: "QInt8"}
+
+
+def matmul_weight_overrides(model: Any, bits: int) -> dict[str, list[dict[str, Any]]]:
+    """Per-output-channel symmetric overrides for every MatMul weight initializer of `model` (an onnx ModelProto)."""
+    from onnxruntime.quantization import QuantType
+
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    quant_type = getattr(QuantType, WEIGHT_BITS[bits])
+    return {
+        node.input[1]: [{"quant_type": quant_type, "symmetric": True, "axis": 1}]
+        for node in model.graph.node
+        if node.op_type == "MatMul" and node.input[1] in initializers
+    }
+
+
+def quantize_body(fp32_path: Path, feeds: list[Feed], output: Path, *, weight_bits: int = 4) -> Path:
+    """Write the QDQ form of `fp32_path` to `output` (external data beside it), calibrated on `feeds`."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
+
+    with tempfile.TemporaryDirectory(dir=output.parent) as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        if not qnn_preprocess_model(
+            str(fp32_path), str(prepared), save_as_external_data=True, all_tensors_to_one_file=True,
+            external_data_location="prepared.data",
+        ):
+            prepared = fp32_path
+        graph = onnx.load(str(prepared), load_external_data=False)
+        config = get_qnn_qdq_config(
+            graph,
+            FeedReader(feeds),
+            activation_type=QuantType.QUInt16,
+            weight_type=QuantType.QUInt8,  # norms and other small constants; MatMul weights use the overrides
+            init_overrides=matmul_weight_overrides(graph, weight_bits),
+        )
+        config.use_external_data_format = True
+        quantize(str(prepared), str(output), config)
+    return output
