@@ -28,6 +28,7 @@ from phiexport.quantize.weight_only import builder_options, check_block_layout, 
 from phiexport.recipe import Recipe
 from phiexport.source import resolve_source
 from phiexport.targets import TARGETS
+from phiexport.targets.npu import build_npu_package
 
 
 @dataclass
@@ -76,7 +77,7 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
         quant = recipe.quantization
         check_block_layout(checkpoint.config, quant)
         exported = checkpoint
-        if quant.rotate:
+        if quant.rotate and any(not TARGETS[name].static_shapes for name in recipe.targets):
             with progress.stage("rotate", f"hadamard, seed {quant.rotation_seed}"):
                 exported = rotated_checkpoint(
                     checkpoint,
@@ -92,17 +93,20 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
         for name in recipe.targets:
             target = TARGETS[name]
             package_dir = staging / target.name
-            with progress.stage(f"export {target.name}", quant.describe()):
-                export_with_builder(
-                    stage_checkpoint(exported, Path(scratch) / target.name),
-                    package_dir,
-                    precision=quant.precision,
-                    execution_provider=target.execution_provider,
-                    options=options,
-                    cache_dir=Path(scratch) / "builder-cache",
-                    log_path=log_path,
-                )
-                weights[name] = check_weight_nodes(_graph_nodes(package_dir / "model.onnx"), quant)
+            if target.static_shapes:
+                weights[name] = build_npu_package(recipe, checkpoint, package_dir, Path(scratch), progress)
+            else:
+                with progress.stage(f"export {target.name}", quant.describe()):
+                    export_with_builder(
+                        stage_checkpoint(exported, Path(scratch) / target.name),
+                        package_dir,
+                        precision=quant.precision,
+                        execution_provider=target.execution_provider,
+                        options=options,
+                        cache_dir=Path(scratch) / "builder-cache",
+                        log_path=log_path,
+                    )
+                    weights[name] = check_weight_nodes(_graph_nodes(package_dir / "model.onnx"), quant)
             packages[name] = package_dir
 
         with progress.stage("verify", f"{recipe.evaluation.sequences} held-out sequences"):

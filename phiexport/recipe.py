@@ -109,6 +109,7 @@ class NpuConfig(_Strict):
     rotate: bool = Field(True, description="Fold a Hadamard rotation into the weights before quantizing")
     decode_samples: int = Field(2, ge=0, le=64, description="Decode-graph calibration points per conversation")
     lm_head_bits: Literal[4, 8] = Field(8, description="Bits of the CPU-side LM head (block 32)")
+    simulator_decode_tokens: int = Field(4, ge=0, le=256, description="Decode steps of the build's HTP simulator check")
 
     @field_validator("socs")
     @classmethod

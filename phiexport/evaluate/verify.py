@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +14,7 @@ from phiexport.evaluate.metrics import TokenScores, first_divergence
 from phiexport.evaluate.onnx_runner import PackageRunner
 from phiexport.evaluate.reference import TorchReference
 from phiexport.recipe import EvaluationConfig
+from phiexport.runtime.static_pipeline import StaticPackageRunner, package_stop_ids
 
 REPORT_SCHEMA = "phiexport.report/1"
 T = TypeVar("T")
@@ -37,7 +37,7 @@ def verify_packages(
     if not sequences:
         raise BuildError("no evaluation sequence survived tokenization", "raise evaluation.max_tokens in the recipe")
     reference = TorchReference(checkpoint_dir, trust_remote_code=trust_remote_code)
-    runners = {name: PackageRunner(path) for name, path in packages.items()}
+    runners = {name: open_runner(path) for name, path in packages.items()}
     scores = {name: TokenScores() for name in packages}
 
     for sequence in track(sequences, len(sequences), "scoring held-out GSM8K"):
@@ -47,7 +47,7 @@ def verify_packages(
         for name, runner in runners.items():
             scores[name].add(ref_logits, runner.logits(sequence.token_ids)[window], targets)
 
-    eos_ids = _eos_ids(next(iter(packages.values())))
+    eos_ids = package_stop_ids(next(iter(packages.values())))
     greedy: dict[str, list[dict[str, Any]]] = {name: [] for name in packages}
     problems = gsm8k_test(evaluation.greedy_prompts)
     for problem in track(problems, len(problems), "greedy generations"):
@@ -81,6 +81,10 @@ def verify_packages(
     }
 
 
-def _eos_ids(package_dir: Path) -> set[int]:
-    eos = json.loads((package_dir / "genai_config.json").read_text(encoding="utf-8"))["model"]["eos_token_id"]
-    return set(eos) if isinstance(eos, list) else {eos}
+def open_runner(package_dir: Path) -> Any:
+    """The runner for a package: phiexport's static pipeline for NPU packages, else the genai decoder."""
+    from phiexport.targets.npu import PIPELINE_FILE
+
+    if (package_dir / PIPELINE_FILE).is_file():
+        return StaticPackageRunner(package_dir)
+    return PackageRunner(package_dir)

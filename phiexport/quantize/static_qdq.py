@@ -17,20 +17,21 @@ from phiexport.quantize.calibration import Feed, FeedReader
 WEIGHT_BITS = {4: "QInt4", 8: "QInt8"}
 
 
-def matmul_weight_overrides(model: Any, bits: int) -> dict[str, list[dict[str, Any]]]:
-    """Per-output-channel symmetric overrides for every MatMul weight initializer of `model` (an onnx ModelProto)."""
+def matmul_weight_overrides(model: Any, bits: int, block_size: int) -> dict[str, list[dict[str, Any]]]:
+    """Symmetric overrides for every MatMul weight initializer of `model` (an onnx ModelProto): blocks of
+    `block_size` along the input axis, or one scale per output channel when `block_size` is 0."""
     from onnxruntime.quantization import QuantType
 
     initializers = {tensor.name for tensor in model.graph.initializer}
     quant_type = getattr(QuantType, WEIGHT_BITS[bits])
     return {
-        node.input[1]: [{"quant_type": quant_type, "symmetric": True, "axis": 1}]
+        node.input[1]: [{"quant_type": quant_type, "symmetric": True, "axis": 0 if block_size else 1}]
         for node in model.graph.node
         if node.op_type == "MatMul" and node.input[1] in initializers
     }
 
 
-def quantize_body(fp32_path: Path, feeds: list[Feed], output: Path, *, weight_bits: int = 4) -> Path:
+def quantize_body(fp32_path: Path, feeds: list[Feed], output: Path, *, weight_bits: int, block_size: int) -> Path:
     """Write the QDQ form of `fp32_path` to `output` (external data beside it), calibrated on `feeds`."""
     import tempfile
 
@@ -41,7 +42,10 @@ def quantize_body(fp32_path: Path, feeds: list[Feed], output: Path, *, weight_bi
     with tempfile.TemporaryDirectory(dir=output.parent) as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         if not qnn_preprocess_model(
-            str(fp32_path), str(prepared), save_as_external_data=True, all_tensors_to_one_file=True,
+            str(fp32_path),
+            str(prepared),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
             external_data_location="prepared.data",
         ):
             prepared = fp32_path
@@ -51,8 +55,10 @@ def quantize_body(fp32_path: Path, feeds: list[Feed], output: Path, *, weight_bi
             FeedReader(feeds),
             activation_type=QuantType.QUInt16,
             weight_type=QuantType.QUInt8,  # norms and other small constants; MatMul weights use the overrides
-            init_overrides=matmul_weight_overrides(graph, weight_bits),
+            init_overrides=matmul_weight_overrides(graph, weight_bits, block_size),
         )
         config.use_external_data_format = True
+        config.extra_options["BlockSize"] = block_size  # opset-21 blocked DequantizeLinear ...
+        config.extra_options["UseQDQContribOps"] = False  # ... which only the ONNX domain has (graph moves to opset 21)
         quantize(str(prepared), str(output), config)
     return output

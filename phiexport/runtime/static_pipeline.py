@@ -43,7 +43,7 @@ class StaticPipeline:
         *,
         body_session: Callable[[Path], Any] | None = None,
     ) -> StaticPipeline:
-        """Sessions for `graphs` (embeddings, prefill, decode, lm_head): CPU EP unless `body_session` opens the bodies."""
+        """Sessions for `graphs` (embeddings, prefill, decode, lm_head); the CPU EP unless `body_session` is given."""
         sessions = {name: cpu_session(path) for name, path in graphs.items() if name in ("embeddings", "lm_head")}
         open_body = body_session or cpu_session
         sessions["prefill"] = open_body(graphs["prefill"])
@@ -71,7 +71,7 @@ class StaticPipeline:
     def logits(self, token_ids: Iterable[int]) -> np.ndarray:
         """`[n, vocab]` logits for tokens fed after the cached ones (teacher-forced)."""
         hidden = self.hidden_states(token_ids)
-        (logits,) = self.sessions["lm_head"].run(["logits"], {"hidden": hidden[None]})
+        (logits,) = self.sessions["lm_head"].run(["logits"], {"hidden_out": hidden[None]})
         return np.asarray(logits[0], dtype=np.float32)
 
     def generate(
@@ -119,3 +119,48 @@ def cpu_session(path: Path) -> Any:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+DEVICES = ("cpu", "htp-sim")
+
+
+class StaticPackageRunner:
+    """An NPU package opened for scoring and generation, with the interface of the CPU package runner.
+
+    `cpu` runs the QDQ body graphs on the CPU execution provider. `htp-sim` compiles the same graphs at load for the
+    package's first SoC and runs them on the HTP simulator with CPU fallback disabled; the shipped weight-sharing
+    context binaries themselves load only on an ARM device (docs/npu.md).
+    """
+
+    def __init__(self, package_dir: Path, device: str = "cpu"):
+        import json
+
+        from phiexport.targets.htp import htp_session, soc
+        from phiexport.targets.npu import PIPELINE_FILE
+
+        if device not in DEVICES:
+            raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+        description = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))
+        layout = StaticLayout(**description["layout"])
+        graphs = {name: package_dir / file for name, file in description["graphs"].items()}
+        body_session = None
+        if device == "htp-sim":
+            target = soc(next(iter(description["contexts"])))
+            body_session = lambda path: htp_session(path, target)  # noqa: E731
+        self.pipeline = StaticPipeline.from_graphs(graphs, layout, body_session=body_session)
+        self.stop_ids = package_stop_ids(package_dir)
+
+    def logits(self, token_ids: list[int]) -> np.ndarray:
+        self.pipeline.reset()
+        return self.pipeline.logits(token_ids)
+
+    def greedy(self, prompt_ids: list[int], new_tokens: int) -> list[int]:
+        return self.pipeline.generate(prompt_ids, new_tokens, self.stop_ids)
+
+
+def package_stop_ids(package_dir: Path) -> set[int]:
+    """End-of-sequence ids from a package's genai_config.json."""
+    import json
+
+    eos = json.loads((package_dir / "genai_config.json").read_text(encoding="utf-8"))["model"]["eos_token_id"]
+    return set(eos) if isinstance(eos, list) else {eos}

@@ -29,4 +29,4 @@ def register_target(target: Target) -> Target:
     return target
 
 
-from phiexport.targets import cpu  # noqa: E402,F401  (registers itself)
+from phiexport.targets import cpu, npu  # noqa: E402,F401  (register themselves)

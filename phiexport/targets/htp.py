@@ -67,11 +67,14 @@ def _qnn_devices() -> list[Any]:
     return [device for device in ort.get_ep_devices() if device.ep_name == "QNNExecutionProvider"]
 
 
-def htp_session_options(target: Soc, *, context_path: Path | None = None, embed: bool = False) -> Any:
+def htp_session_options(
+    target: Soc, *, context_path: Path | None = None, embed: bool = False, share: str | None = None
+) -> Any:
     """SessionOptions that put every node on the HTP or fail (CPU fallback disabled).
 
     With `context_path`, creating a session compiles the graph and writes `context_path` (an ONNX model holding one
-    EPContext node) beside a `.bin` context binary, or inside it when `embed`.
+    EPContext node) beside a `.bin` context binary, or inside it when `embed`. `share` ("open" or "last") puts the
+    graphs of consecutive sessions into one context binary holding their common weights once; "last" closes it.
     """
     import onnxruntime as ort
     import onnxruntime_qnn
@@ -83,6 +86,10 @@ def htp_session_options(target: Soc, *, context_path: Path | None = None, embed:
         options.add_session_config_entry("ep.context_enable", "1")
         options.add_session_config_entry("ep.context_file_path", str(context_path))
         options.add_session_config_entry("ep.context_embed_mode", "1" if embed else "0")
+    if share is not None:
+        options.add_session_config_entry("ep.share_ep_contexts", "1")
+        if share == "last":
+            options.add_session_config_entry("ep.stop_share_ep_contexts", "1")
     provider_options = {"backend_path": onnxruntime_qnn.get_qnn_htp_path(), "soc_model": str(target.soc_model)}
     options.add_provider_for_devices(_qnn_devices(), provider_options)
     return options
@@ -103,3 +110,25 @@ def compile_context_binary(model_path: Path, context_path: Path, target: Soc) ->
     if not context_path.is_file():
         raise RuntimeError(f"onnxruntime-qnn wrote no context model at {context_path}")
     return context_path
+
+
+def compile_shared_context(models: list[Path], output_dir: Path, target: Soc) -> tuple[list[Path], list[Any]]:
+    """Compile `models` into one weight-sharing context binary in `output_dir`; returns the `*_ctx.onnx` paths and the
+    compiling sessions, which stay usable for running the graphs.
+
+    On x86 the QNN stub refuses to load a shared binary ("Shared weights buffer isn't supported on this platform"),
+    so these sessions, or a separately compiled pair, are what the simulator can run (docs/npu.md).
+    """
+    import onnxruntime as ort
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths, sessions = [], []
+    for index, model in enumerate(models):
+        context_path = output_dir / f"{model.stem}_ctx.onnx"
+        share = "last" if index == len(models) - 1 else "open"
+        options = htp_session_options(target, context_path=context_path, share=share)
+        sessions.append(ort.InferenceSession(str(model), sess_options=options))
+        if not context_path.is_file():
+            raise RuntimeError(f"onnxruntime-qnn wrote no context model at {context_path}")
+        paths.append(context_path)
+    return paths, sessions

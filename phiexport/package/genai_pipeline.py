@@ -1,0 +1,119 @@
+"""genai_config.json of onnxruntime-genai's `decoder-pipeline` kind for an NPU package: embeddings → prefill or
+decode context binary → LM head, with a sliding window of the prefill chunk."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from phiexport.export.static_graphs import StaticLayout
+from phiexport.source import Checkpoint
+from phiexport.source.hf_dir import read_json
+
+
+def special_token_ids(checkpoint: Checkpoint) -> dict[str, Any]:
+    """bos, eos (a list when the model has several) and pad ids, generation_config.json first as transformers does."""
+    config = checkpoint.config
+    generation_path = checkpoint.path / "generation_config.json"
+    generation = read_json(generation_path) if generation_path.is_file() else {}
+    eos = generation.get("eos_token_id", config.get("eos_token_id"))
+    bos = generation.get("bos_token_id", config.get("bos_token_id"))
+    pad = generation.get("pad_token_id", config.get("pad_token_id"))
+    if pad is None:
+        pad = eos[0] if isinstance(eos, list) else eos
+    return {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}
+
+
+def genai_pipeline_config(checkpoint: Checkpoint, layout: StaticLayout, context: dict[str, Any]) -> dict[str, Any]:
+    """The config for one SoC's context binaries (`context` as recorded by the NPU build)."""
+    qnn = {
+        "provider_options": [
+            {
+                "qnn": {
+                    "backend_path": "libQnnHtp.so",
+                    "htp_performance_mode": "burst",
+                    "soc_model": str(context["soc_model"]),
+                }
+            }
+        ]
+    }
+    cache = {
+        "past_key_names": "past_key.%d",
+        "past_value_names": "past_value.%d",
+    }
+    body_inputs = ["hidden", "cos", "sin", "mask", *layout.cache_names()]
+    body_outputs = ["hidden_out", *[f"new_{kind}.{i}" for i in range(layout.layers) for kind in ("key", "value")]]
+    return {
+        "model": {
+            **special_token_ids(checkpoint),
+            "context_length": layout.context,
+            "type": "decoder-pipeline",
+            "vocab_size": layout.vocab,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "head_size": layout.head_dim,
+                "hidden_size": layout.hidden,
+                "num_attention_heads": layout.heads,
+                "num_hidden_layers": layout.layers,
+                "num_key_value_heads": layout.kv_heads,
+                "inputs": {"input_ids": "input_ids", "position_ids": "position_ids", **cache},
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "new_key.%d",
+                    "present_value_names": "new_value.%d",
+                },
+                "sliding_window": {
+                    "window_size": layout.chunk,
+                    "pad_value": 0,
+                    "alignment": "left",
+                    "slide_key_value_cache": False,
+                },
+                "pipeline": [
+                    {
+                        "embeddings": {
+                            "filename": "embeddings.onnx",
+                            "inputs": ["input_ids", "position_ids"],
+                            "outputs": ["hidden", "cos", "sin"],
+                        }
+                    },
+                    {
+                        "prefill": {
+                            "filename": context["prefill"],
+                            "session_options": qnn,
+                            "inputs": body_inputs,
+                            "outputs": body_outputs,
+                            "run_on_token_gen": False,
+                        }
+                    },
+                    {
+                        "decode": {
+                            "filename": context["decode"],
+                            "session_options": qnn,
+                            "inputs": body_inputs,
+                            "outputs": body_outputs,
+                            "run_on_prompt": False,
+                        }
+                    },
+                    {
+                        "lm_head": {
+                            "filename": "lm_head.onnx",
+                            "inputs": ["hidden_out"],
+                            "outputs": ["logits"],
+                            "is_lm_head": True,
+                        }
+                    },
+                ],
+            },
+        },
+        "search": {
+            "do_sample": False,
+            "max_length": layout.context,
+            "min_length": 0,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "past_present_share_buffer": False,
+            "repetition_penalty": 1.0,
+            "temperature": 1.0,
+            "top_k": 1,
+            "top_p": 1.0,
+        },
+    }

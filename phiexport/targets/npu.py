@@ -1,0 +1,211 @@
+"""Qualcomm NPU package, Phi Silica-style: w4a16 body as a 64-token prefill graph and a 1-token decode graph sharing
+one copy of the weights in precompiled HTP context binaries; embeddings and LM head on the CPU.
+
+Stages: load (+ Hadamard rotation) → export static fp32 graphs → record calibration feeds from the fp32 pipeline →
+QDQ-quantize the bodies → quantize the CPU graphs → compile context binaries per SoC → check on the HTP simulator.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phiexport.errors import BuildError
+from phiexport.export.static_graphs import StaticLayout, export_static_graphs
+from phiexport.progress import StageProgress
+from phiexport.recipe import Recipe
+from phiexport.source import Checkpoint
+from phiexport.targets import Target, register_target
+
+NPU = register_target(
+    Target(
+        name="npu",
+        execution_provider="qnn",
+        precisions=("int4", "int8"),
+        static_shapes=True,
+        needs_calibration=True,
+        evaluated_on="onnxruntime CPU execution provider running the same QDQ graphs, plus a short run on the HTP "
+        "simulator (onnxruntime-qnn)",
+        description="Qualcomm Hexagon NPUs through onnxruntime-qnn: 4-bit per-channel weights, uint16 activations, "
+        "a prefill-chunk and a 1-token decode graph sharing weights in HTP context binaries",
+    )
+)
+PIPELINE_FILE = "npu_pipeline.json"
+PIPELINE_SCHEMA = "phiexport.npu-pipeline/1"
+GRAPH_FILES = {
+    "embeddings": "embeddings.onnx",
+    "prefill": "body_prefill.onnx",
+    "decode": "body_decode.onnx",
+    "lm_head": "lm_head.onnx",
+}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def build_npu_package(
+    recipe: Recipe, checkpoint: Checkpoint, package_dir: Path, scratch: Path, progress: StageProgress
+) -> dict[str, Any]:
+    """Write the NPU package into `package_dir`; returns the manifest's `weights` section (what was done, measured)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from phiexport.evaluate.data import calibration_sequences
+    from phiexport.quantize.calibration import record_body_feeds
+    from phiexport.quantize.cpu_side import quantize_cpu_graph
+    from phiexport.quantize.rotation import rotate_decoder
+    from phiexport.quantize.static_qdq import quantize_body
+    from phiexport.runtime.static_pipeline import StaticPipeline
+
+    npu, quant, calibration = recipe.npu, recipe.quantization, recipe.calibration
+    trust = recipe.source.trust_remote_code
+    layout = StaticLayout.from_config(checkpoint.config, context=npu.context_length, chunk=npu.chunk)
+    fp32_dir = scratch / "npu-fp32"
+    with progress.stage("npu export", f"prefill {npu.chunk} + decode 1, context {npu.context_length}"):
+        model = AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=torch.float32, trust_remote_code=trust)
+        model.eval()
+        if npu.rotate:
+            rotate_decoder(model, quant.rotation_seed)
+        fp32_graphs = export_static_graphs(model, layout, fp32_dir)
+        del model
+
+    with progress.stage("npu calibrate", f"{calibration.sequences} GSM8K train conversations"):
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, trust_remote_code=trust)
+        sequences = calibration_sequences(
+            tokenizer, calibration.sequences, min(calibration.max_tokens, layout.context), calibration.seed
+        )
+        feeds = record_body_feeds(
+            StaticPipeline.from_graphs(fp32_graphs, layout),
+            sequences,
+            decode_samples=npu.decode_samples,
+            seed=calibration.seed,
+        )
+
+    weight_bits = 4 if quant.precision == "int4" else 8
+    package_dir.mkdir(parents=True, exist_ok=True)
+    graphs = {name: package_dir / file for name, file in GRAPH_FILES.items()}
+    with progress.stage("npu quantize", f"w{weight_bits} per-channel, a16"):
+        for kind in ("prefill", "decode"):
+            quantize_body(fp32_graphs[kind], feeds[kind], graphs[kind], weight_bits=weight_bits)
+        del feeds
+        for name in ("embeddings", "lm_head"):
+            shutil.copy2(fp32_graphs[name], graphs[name])
+            shutil.copy2(fp32_dir / f"{name}.data", package_dir / f"{name}.data")
+        quantize_cpu_graph(graphs["embeddings"], node="/embed_tokens/Gather", bits=4)
+        quantize_cpu_graph(graphs["lm_head"], node="/lm_head/MatMul", bits=npu.lm_head_bits)
+
+    contexts: dict[str, Any] = {}
+    for soc_name in npu.socs:
+        with progress.stage(f"npu compile {soc_name}", "HTP context binaries, weights shared"):
+            contexts[soc_name] = compile_for_soc(graphs, package_dir, scratch / f"separate-{soc_name}", soc_name)
+    with progress.stage("npu simulator", f"{npu.simulator_decode_tokens} decode tokens on the HTP simulator"):
+        simulator = simulator_check(
+            graphs, layout, sequences[0], npu.socs[0], decode_tokens=npu.simulator_decode_tokens
+        )
+
+    write_pipeline_files(package_dir, recipe, checkpoint, layout, contexts)
+    for name in TOKENIZER_FILES:
+        if (checkpoint.path / name).is_file():
+            shutil.copy2(checkpoint.path / name, package_dir / name)
+    return {
+        "body": f"int{weight_bits} per-channel symmetric weights, uint16 activations (static QDQ)",
+        "rotation": f"hadamard, seed {quant.rotation_seed}" if npu.rotate else None,
+        "embeddings": "int4 block 32 (GatherBlockQuantized)",
+        "lm_head": f"int{npu.lm_head_bits} block 32 (MatMulNBits)",
+        "calibration": {
+            "prefill_samples": sum(-(-min(len(ids), layout.context) // layout.chunk) for ids in sequences),
+            "decode_samples": npu.decode_samples * len(sequences),
+            **calibration.model_dump(),
+        },
+        "contexts": contexts,
+        "simulator": simulator,
+    }
+
+
+def compile_for_soc(graphs: dict[str, Path], package_dir: Path, scratch: Path, soc_name: str) -> dict[str, Any]:
+    """Shared context binaries into `package_dir/<soc>/`, plus a separate compile in `scratch` to measure sharing."""
+    from phiexport.targets.htp import compile_context_binary, compile_shared_context, soc
+
+    target = soc(soc_name)
+    bodies = [graphs["prefill"], graphs["decode"]]
+    start = time.perf_counter()
+    paths, _sessions = compile_shared_context(bodies, package_dir / soc_name, target)
+    shared_seconds = time.perf_counter() - start
+    scratch.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+    for kind, body in zip(("prefill", "decode"), bodies, strict=True):
+        start = time.perf_counter()
+        compile_context_binary(body, scratch / f"{body.stem}_ctx.onnx", target)
+        seconds[kind] = round(time.perf_counter() - start, 2)
+    separate_bytes = sum(item.stat().st_size for item in scratch.glob("*.bin"))
+    shared_bytes = sum(item.stat().st_size for item in (package_dir / soc_name).glob("*.bin"))
+    return {
+        "soc_model": target.soc_model,
+        "htp_arch": target.htp_arch,
+        "chip": target.chip,
+        "prefill": str(paths[0].relative_to(package_dir)),
+        "decode": str(paths[1].relative_to(package_dir)),
+        "weight_sharing": True,
+        "shared_bytes": shared_bytes,
+        "separate_bytes": separate_bytes,
+        "compile_seconds": {"shared_pair": round(shared_seconds, 2), **seconds},
+    }
+
+
+def simulator_check(
+    graphs: dict[str, Path], layout: StaticLayout, token_ids: list[int], soc_name: str, *, decode_tokens: int
+) -> dict[str, Any]:
+    """Run one prefill chunk and `decode_tokens` decode steps with every body node on the HTP simulator (CPU fallback
+    disabled) and compare the logits with the CPU EP on the same QDQ graphs."""
+    from phiexport.runtime.static_pipeline import StaticPipeline
+    from phiexport.targets.htp import htp_session, soc
+
+    target = soc(soc_name)
+    prompt, following = token_ids[: layout.chunk], token_ids[layout.chunk : layout.chunk + decode_tokens]
+    try:
+        htp = StaticPipeline.from_graphs(graphs, layout, body_session=lambda path: htp_session(path, target))
+    except Exception as exc:  # onnxruntime raises its own types; the message names the node that did not fit
+        raise BuildError(f"the body graphs do not run entirely on the HTP: {exc}", "report this model") from exc
+    cpu = StaticPipeline.from_graphs(graphs, layout)
+    rows = []
+    for pipeline in (htp, cpu):
+        steps = [pipeline.logits(prompt)] + [pipeline.logits([token]) for token in following]
+        rows.append(np.concatenate(steps))
+    htp_logits, cpu_logits = rows
+    cosine = (htp_logits * cpu_logits).sum(-1) / (
+        np.linalg.norm(htp_logits, axis=-1) * np.linalg.norm(cpu_logits, axis=-1)
+    )
+    return {
+        "soc": soc_name,
+        "positions": len(htp_logits),
+        "every_body_node_on_htp": True,  # the sessions were created with CPU fallback disabled
+        "logit_cosine_min": round(float(cosine.min()), 6),
+        "top1_agreement_with_cpu_ep": round(float((htp_logits.argmax(-1) == cpu_logits.argmax(-1)).mean()), 4),
+    }
+
+
+def write_pipeline_files(
+    package_dir: Path, recipe: Recipe, checkpoint: Checkpoint, layout: StaticLayout, contexts: dict[str, Any]
+) -> None:
+    """npu_pipeline.json (phiexport's runner reads it) and genai_config.json (onnxruntime-genai's decoder pipeline)."""
+    from phiexport.package.genai_pipeline import genai_pipeline_config
+
+    rope = checkpoint.config.get("rope_parameters") or checkpoint.config.get("rope_scaling") or {}
+    original = rope.get("original_max_position_embeddings") or checkpoint.config.get("original_max_position_embeddings")
+    description = {
+        "schema": PIPELINE_SCHEMA,
+        "layout": layout.to_dict(),
+        "graphs": GRAPH_FILES,
+        "contexts": contexts,
+        "rope": (
+            f"position p < {original} uses the short factors, p >= {original} the long ones"
+            if original
+            else "one rotary table for every position"
+        ),
+    }
+    (package_dir / PIPELINE_FILE).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+    config = genai_pipeline_config(checkpoint, layout, contexts[recipe.npu.socs[0]])
+    (package_dir / "genai_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
