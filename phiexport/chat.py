@@ -19,22 +19,91 @@ class GenerationStats:
 
 
 def stream_reply(
-    package_dir: Path, prompt: str, *, max_new_tokens: int, system: str | None, raw: bool, stats: GenerationStats
+    package_dir: Path,
+    prompt: str,
+    *,
+    max_new_tokens: int,
+    system: str | None,
+    raw: bool,
+    stats: GenerationStats,
+    device: str | None = None,
 ) -> Iterator[str]:
-    """Yield decoded text pieces as they are generated (greedy); fills `stats` as it goes."""
-    import onnxruntime_genai as og
+    """Yield decoded text pieces as they are generated (greedy); fills `stats` as it goes.
+
+    CPU packages run through onnxruntime-genai; NPU packages through phiexport's static pipeline on `device`
+    (`cpu`, or `htp-sim` for the HTP simulator).
+    """
+    from phiexport.targets.npu import PIPELINE_FILE
 
     if not (package_dir / "genai_config.json").is_file():
         raise UsageError(
             f"{package_dir} has no genai_config.json", "pass a package directory, e.g. packages/<name>/cpu"
         )
+    if (package_dir / PIPELINE_FILE).is_file():
+        yield from _stream_static(package_dir, prompt, max_new_tokens, system, raw, stats, device or "cpu")
+        return
+    if device is not None:
+        raise UsageError(f"--device applies to NPU packages; {package_dir} is not one", "leave --device out")
+    yield from _stream_genai(package_dir, prompt, max_new_tokens, system, raw, stats)
+
+
+def _messages(prompt: str, system: str | None) -> list[dict[str, str]]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+
+def _stream_static(
+    package_dir: Path,
+    prompt: str,
+    max_new_tokens: int,
+    system: str | None,
+    raw: bool,
+    stats: GenerationStats,
+    device: str,
+) -> Iterator[str]:
+    from transformers import AutoTokenizer
+
+    from phiexport.runtime.static_pipeline import DEVICES, StaticPackageRunner
+
+    if device not in DEVICES:
+        raise UsageError(f"unknown device {device!r}", f"choose one of {', '.join(DEVICES)}")
+    tokenizer = AutoTokenizer.from_pretrained(package_dir)
+    text = (
+        prompt
+        if raw
+        else tokenizer.apply_chat_template(_messages(prompt, system), tokenize=False, add_generation_prompt=True)
+    )
+    tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+    stats.prompt_tokens = len(tokens)
+    runner = StaticPackageRunner(package_dir, device=device)
+    room = runner.pipeline.layout.context - len(tokens)
+    if room < 1:
+        raise UsageError(
+            f"the prompt has {len(tokens)} tokens; the package's context holds {runner.pipeline.layout.context}",
+            "shorten the prompt or build with a larger --context-length",
+        )
+    start = time.perf_counter()
+    generated: list[int] = []
+    shown = ""
+    for token in runner.pipeline.stream(tokens, min(max_new_tokens, room), runner.stop_ids):
+        generated.append(token)
+        stats.new_tokens += 1
+        stats.seconds = time.perf_counter() - start
+        text = tokenizer.decode(generated, skip_special_tokens=True)
+        yield text[len(shown) :]
+        shown = text
+
+
+def _stream_genai(
+    package_dir: Path, prompt: str, max_new_tokens: int, system: str | None, raw: bool, stats: GenerationStats
+) -> Iterator[str]:
+    import onnxruntime_genai as og
+
     model = og.Model(str(package_dir))
     tokenizer = og.Tokenizer(model)
     if raw:
         text = prompt
     else:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        text = tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(json.dumps(_messages(prompt, system)), add_generation_prompt=True)
     tokens = tokenizer.encode(text)
     stats.prompt_tokens = len(tokens)
     params = og.GeneratorParams(model)

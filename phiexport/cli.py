@@ -99,7 +99,15 @@ def build(
     recipe: Annotated[
         str | None, typer.Option("--recipe", "-r", help="Recipe YAML file or bundled recipe name.")
     ] = None,
-    target: Annotated[list[str] | None, typer.Option("--target", "-t", help="Device target; repeatable: cpu.")] = None,
+    target: Annotated[
+        list[str] | None, typer.Option("--target", "-t", help="Device target; repeatable: cpu, npu.")
+    ] = None,
+    soc: Annotated[
+        list[str] | None,
+        typer.Option(help="npu: SoC to compile for, repeatable: x-elite, x2-elite, 8-gen-1/2/3, 8-elite, sm8850."),
+    ] = None,
+    context_length: Annotated[int | None, typer.Option(help="npu: KV cache slots (longest sequence).")] = None,
+    chunk: Annotated[int | None, typer.Option(help="npu: prompt tokens per prefill step.")] = None,
     precision: Annotated[str | None, typer.Option(help="Weights: int4, int8 or fp32.")] = None,
     quant: Annotated[str | None, typer.Option(help="Weight method for int4/int8: rtn or k_quant.")] = None,
     block_size: Annotated[int | None, typer.Option(help="Quantization block: 16, 32, 64, 128 or 256.")] = None,
@@ -151,6 +159,7 @@ def build(
                 rotate=rotate or None,
             ),
             "evaluation": _given(sequences=eval_sequences),
+            "npu": _given(socs=tuple(soc) if soc else None, context_length=context_length, chunk=chunk),
         }
         if target:
             overrides["targets"] = tuple(target)
@@ -241,15 +250,22 @@ def run(
     max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens to generate.")] = 256,
     system: Annotated[str | None, typer.Option(help="System message.")] = None,
     raw: Annotated[bool, typer.Option(help="Send the prompt as is, without the chat template.")] = False,
+    device: Annotated[
+        str | None,
+        typer.Option(help="NPU packages only: cpu (QDQ graphs on the CPU EP) or htp-sim (HTP simulator) [cpu]."),
+    ] = None,
     as_json: JsonFlag = False,
     debug: DebugFlag = False,
 ) -> None:
-    """Stream a greedy reply from a package through onnxruntime-genai, with the model's chat template."""
+    """Stream a greedy reply from a package with the model's chat template (CPU packages through onnxruntime-genai,
+    NPU packages through phiexport's prefill/decode pipeline)."""
     with _reported_errors(as_json, debug):
         from phiexport.chat import GenerationStats, stream_reply
 
         stats = GenerationStats()
-        pieces = stream_reply(package, prompt, max_new_tokens=max_tokens, system=system, raw=raw, stats=stats)
+        pieces = stream_reply(
+            package, prompt, max_new_tokens=max_tokens, system=system, raw=raw, stats=stats, device=device
+        )
         if as_json:
             text = "".join(pieces)
             print(

@@ -92,7 +92,7 @@ def _modules() -> tuple[type, type, type]:
         """
 
         @staticmethod
-        def forward(ctx: Any, x: Any, weight: Any, eps: float) -> Any:  # noqa: ARG004
+        def forward(ctx: Any, x: Any, weight: Any, eps: float) -> Any:
             variance = x.pow(2).mean(-1, keepdim=True)
             return weight * (x * torch.rsqrt(variance + eps))
 

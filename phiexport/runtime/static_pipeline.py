@@ -11,7 +11,7 @@ rows are computed and thrown away (their K/V never enter the cache), so prompts 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,20 +74,20 @@ class StaticPipeline:
         (logits,) = self.sessions["lm_head"].run(["logits"], {"hidden_out": hidden[None]})
         return np.asarray(logits[0], dtype=np.float32)
 
-    def generate(
-        self, prompt_ids: list[int], new_tokens: int, stop_ids: set[int] | frozenset[int] = frozenset()
-    ) -> list[int]:
+    def generate(self, prompt_ids: list[int], new_tokens: int, stop_ids: Collection[int] = ()) -> list[int]:
         """Greedy continuation of `prompt_ids` from an empty cache, stopping at a stop id or the context's end."""
+        return list(self.stream(prompt_ids, new_tokens, stop_ids))
+
+    def stream(self, prompt_ids: list[int], new_tokens: int, stop_ids: Collection[int] = ()) -> Iterator[int]:
+        """`generate`, one token at a time."""
         self.reset()
         next_logits = self.logits(prompt_ids)[-1]
-        generated: list[int] = []
-        while len(generated) < new_tokens:
+        for produced in range(1, new_tokens + 1):
             token = int(np.argmax(next_logits))
-            generated.append(token)
-            if token in stop_ids or self.filled >= self.layout.context:
-                break
+            yield token
+            if token in stop_ids or self.filled >= self.layout.context or produced == new_tokens:
+                return
             next_logits = self.logits([token])[-1]
-        return generated
 
     def _step(self, ids: list[int], graph: str, steps: int) -> np.ndarray:
         real = len(ids)

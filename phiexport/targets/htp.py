@@ -8,11 +8,13 @@ rank ops but say nothing about device latency.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from phiexport.errors import UsageError
+from phiexport.export.capture import output_to_log
 
 
 @dataclass(frozen=True)
@@ -96,10 +98,14 @@ def htp_session_options(
 
 
 def htp_session(model_path: Path, target: Soc) -> Any:
-    """An InferenceSession running `model_path` (a QDQ graph or a compiled `*_ctx.onnx`) entirely on the HTP."""
+    """An InferenceSession running `model_path` (a QDQ graph or a compiled `*_ctx.onnx`) entirely on the HTP.
+
+    The QNN libraries print banners on the process's stdout, which would corrupt `--json`: they go to /dev/null.
+    """
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(model_path), sess_options=htp_session_options(target))
+    with output_to_log(Path(os.devnull)):
+        return ort.InferenceSession(str(model_path), sess_options=htp_session_options(target))
 
 
 def compile_context_binary(model_path: Path, context_path: Path, target: Soc) -> Path:

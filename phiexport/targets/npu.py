@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from phiexport.errors import BuildError
+from phiexport.evaluate.metrics import TokenScores
 from phiexport.export.static_graphs import StaticLayout, export_static_graphs
 from phiexport.progress import StageProgress
 from phiexport.recipe import Recipe
@@ -87,9 +88,11 @@ def build_npu_package(
     weight_bits = 4 if quant.precision == "int4" else 8
     package_dir.mkdir(parents=True, exist_ok=True)
     graphs = {name: package_dir / file for name, file in GRAPH_FILES.items()}
-    with progress.stage("npu quantize", f"w{weight_bits} per-channel, a16"):
+    with progress.stage("npu quantize", f"w{weight_bits} block {quant.block_size}, a16"):
         for kind in ("prefill", "decode"):
-            quantize_body(fp32_graphs[kind], feeds[kind], graphs[kind], weight_bits=weight_bits)
+            quantize_body(
+                fp32_graphs[kind], feeds[kind], graphs[kind], weight_bits=weight_bits, block_size=quant.block_size
+            )
         del feeds
         for name in ("embeddings", "lm_head"):
             shutil.copy2(fp32_graphs[name], graphs[name])
@@ -111,7 +114,7 @@ def build_npu_package(
         if (checkpoint.path / name).is_file():
             shutil.copy2(checkpoint.path / name, package_dir / name)
     return {
-        "body": f"int{weight_bits} per-channel symmetric weights, uint16 activations (static QDQ)",
+        "body": f"int{weight_bits} symmetric weights in blocks of {quant.block_size}, uint16 activations (static QDQ)",
         "rotation": f"hadamard, seed {quant.rotation_seed}" if npu.rotate else None,
         "embeddings": "int4 block 32 (GatherBlockQuantized)",
         "lm_head": f"int{npu.lm_head_bits} block 32 (MatMulNBits)",
@@ -175,15 +178,15 @@ def simulator_check(
         steps = [pipeline.logits(prompt)] + [pipeline.logits([token]) for token in following]
         rows.append(np.concatenate(steps))
     htp_logits, cpu_logits = rows
-    cosine = (htp_logits * cpu_logits).sum(-1) / (
-        np.linalg.norm(htp_logits, axis=-1) * np.linalg.norm(cpu_logits, axis=-1)
-    )
+    scores = TokenScores()
+    scores.add(cpu_logits, htp_logits, np.asarray(token_ids[1 : len(htp_logits) + 1]))
+    agreement = scores.summary()
     return {
         "soc": soc_name,
         "positions": len(htp_logits),
         "every_body_node_on_htp": True,  # the sessions were created with CPU fallback disabled
-        "logit_cosine_min": round(float(cosine.min()), 6),
-        "top1_agreement_with_cpu_ep": round(float((htp_logits.argmax(-1) == cpu_logits.argmax(-1)).mean()), 4),
+        "kl_mean_vs_cpu_ep": agreement["kl_mean"],
+        "top1_agreement_vs_cpu_ep": agreement["top1_agreement"],
     }
 
 
