@@ -88,7 +88,7 @@ def _stream_static(
         generated.append(token)
         stats.new_tokens += 1
         stats.seconds = time.perf_counter() - start
-        text = tokenizer.decode(generated, skip_special_tokens=True)
+        text = str(tokenizer.decode(generated, skip_special_tokens=True))
         yield text[len(shown) :]
         shown = text
 

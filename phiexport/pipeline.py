@@ -123,7 +123,14 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
                 target = TARGETS[name]
                 report_text = json.dumps(reports[name], indent=2) + "\n"
                 (package_dir / "report.json").write_text(report_text, encoding="utf-8")
-                write_model_card(package_dir, recipe=recipe, checkpoint=checkpoint, target=target, report=reports[name])
+                write_model_card(
+                    package_dir,
+                    recipe=recipe,
+                    checkpoint=checkpoint,
+                    target=target,
+                    report=reports[name],
+                    weights=weights[name],
+                )
                 write_manifest(package_dir, recipe=recipe, checkpoint=checkpoint, target=target, weights=weights[name])
 
     return BuildResult(

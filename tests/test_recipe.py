@@ -41,6 +41,11 @@ def test_yaml_and_flags_give_the_same_object(tmp_path):
         (minimal(targets=["tpu"]), "unknown target 'tpu'"),
         (minimal(targets=["cpu", "cpu"]), "listed twice"),
         (minimal(evaluation={"sequences": 0}), "evaluation.sequences"),
+        (minimal(targets=["npu"], quantization={"precision": "fp32"}), "target npu does not run fp32"),
+        (minimal(npu={"socs": ["snapdragon-9000"]}), "unknown SoC 'snapdragon-9000'; choose one of x-elite"),
+        (minimal(npu={"socs": ["x-elite", "SC8380XP"]}), "a SoC is listed twice"),
+        (minimal(npu={"context_length": 100}), "npu: context_length 100 is not a multiple of chunk 64"),
+        (minimal(calibration={"sequences": 0}), "calibration.sequences"),
         ({"name": "m", "source": {"model": "x/y"}}, "missing required key 'version'"),
         (minimal(version=2), "version"),
         (minimal(name="Has Spaces"), "name"),
@@ -79,3 +84,8 @@ def test_quantization_description_and_zero_points():
     assert recipe.quantization.describe() == "int4 k_quant block 16 asym"
     fp32 = Recipe.model_validate(minimal(quantization={"precision": "fp32"}))
     assert fp32.quantization.describe() == "fp32 (weights not quantized)"
+
+
+def test_socs_accept_part_numbers():
+    recipe = parse_recipe(minimal(npu={"socs": ["SM8650", "x-elite"]}), origin="t")
+    assert recipe.npu.socs == ("8-gen-3", "x-elite")

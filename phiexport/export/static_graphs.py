@@ -108,8 +108,8 @@ def _modules() -> tuple[type, type, type]:
         def __init__(self, model: Any, cos: Any, sin: Any):
             super().__init__()
             self.embed_tokens = model.model.embed_tokens
-            self.register_buffer("cos_table", cos)
-            self.register_buffer("sin_table", sin)
+            self.cos_table: Any = torch.nn.Buffer(cos)
+            self.sin_table: Any = torch.nn.Buffer(sin)
 
         def forward(self, input_ids: Any, position_ids: Any) -> tuple[Any, Any, Any]:
             cos = self.cos_table[position_ids].unsqueeze(1)

@@ -11,7 +11,13 @@ from phiexport.targets import Target
 
 
 def write_model_card(
-    package_dir: Path, *, recipe: Recipe, checkpoint: Checkpoint, target: Target, report: dict[str, Any]
+    package_dir: Path,
+    *,
+    recipe: Recipe,
+    checkpoint: Checkpoint,
+    target: Target,
+    report: dict[str, Any],
+    weights: dict[str, Any],
 ) -> None:
     metrics = report["metrics"]
     greedy = report["greedy"]["prompts"]
@@ -21,7 +27,7 @@ def write_model_card(
     card = f"""# {recipe.name} — {target.name} package
 
 Built by phiexport from `{checkpoint.origin}`{revision} ({checkpoint.architecture.hf_class}) for
-{target.description}. Weights: {recipe.quantization.describe()}.
+{target.description}. Weights: {weights.get("body") or recipe.quantization.describe()}.
 
 ## Accuracy against the fp32 torch reference
 
@@ -37,12 +43,18 @@ assistant tokens), {target.evaluated_on}.
 
 `report.json` has every figure; `manifest.json` the sha256 of every file, the recipe and the tool versions.
 
-## Run it
+{_run_section(package_dir.name, weights) if target.static_shapes else _genai_run_section(package_dir.name)}
+"""
+    (package_dir / "README.md").write_text(card, encoding="utf-8")
+
+
+def _genai_run_section(name: str) -> str:
+    return f"""## Run it
 
 ```python
 import onnxruntime_genai as og
 
-model = og.Model("{package_dir.name}")
+model = og.Model("{name}")
 tokenizer = og.Tokenizer(model)
 prompt = tokenizer.apply_chat_template('[{{"role": "user", "content": "What is 7 * 6?"}}]', add_generation_prompt=True)
 params = og.GeneratorParams(model)
@@ -54,6 +66,25 @@ while not generator.is_done():
 print(tokenizer.decode(generator.get_sequence(0)))
 ```
 
-or `phiexport run {package_dir.name} "What is 7 * 6?"`.
+or `phiexport run {name} "What is 7 * 6?"`.
 """
-    (package_dir / "README.md").write_text(card, encoding="utf-8")
+
+
+def _run_section(name: str, weights: dict[str, Any]) -> str:
+    contexts = weights["contexts"]
+    socs = ", ".join(
+        f"`{soc}/` ({c['chip']}, soc_model {c['soc_model']}, v{c['htp_arch']})" for soc, c in contexts.items()
+    )
+    return f"""## What is inside
+
+- `embeddings.onnx` (token embedding {weights["embeddings"]}, rotary tables) and `lm_head.onnx` ({weights["lm_head"]})
+  run on the CPU; `body_prefill.onnx` and `body_decode.onnx` are the QDQ transformer bodies (prefill chunk and
+  1-token decode over a fixed KV cache), `npu_pipeline.json` their shapes and contract.
+- Precompiled HTP context binaries, prefill and decode sharing one copy of the weights: {socs}.
+
+## Run it
+
+`phiexport run {name} "What is 7 * 6?" --device htp-sim` runs the bodies on Qualcomm's HTP simulator (every node on
+the HTP), `--device cpu` the same QDQ graphs on the CPU. On a Snapdragon device, open `<soc>/body_*_ctx.onnx` with
+onnxruntime-qnn; `genai_config.json` describes the pipeline in onnxruntime-genai's decoder-pipeline form.
+"""

@@ -27,7 +27,8 @@ def quantize_cpu_graph(path: Path, *, node: str, bits: int) -> None:
         quant_axes=(("MatMul", 0), ("Gather", 1)),
         bits=bits,
     )
-    quantizer = MatMulNBitsQuantizer(model, nodes_to_include=[node], algo_config=config)
+    others = [item.name for item in model.graph.node if item.name != node]  # nodes_to_include only adds to op types
+    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=others, algo_config=config)
     quantizer.process()
     path.unlink()
     path.with_name(f"{path.stem}.data").unlink(missing_ok=True)

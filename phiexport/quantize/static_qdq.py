@@ -2,10 +2,10 @@
 
 onnxruntime's QNN quantization config does the work; phiexport only says which tensors are weights and how. Its
 default for MatMul weights is one scale per tensor, poor at 4 bits (docs/npu.md); one scale per output channel was
-measured too coarse as well (rotated SmolLM2: mean KL 1.77, against 0.82 in blocks of 32), so MatMul weights are symmetric
-int4 in blocks along the input axis (opset-21 blocked DequantizeLinear, which the HTP runs). Weights are quantized
-from their values alone, so the prefill and decode graphs get identical weight tensors and one context binary can
-hold them once.
+measured too coarse as well (rotated SmolLM2: mean KL 1.77, against 0.82 in blocks of 32), so MatMul weights are
+symmetric int4 in blocks along the input axis (opset-21 blocked DequantizeLinear, which the HTP runs). Weights are
+quantized from their values alone, so the prefill and decode graphs get identical weight tensors and one context
+binary can hold them once.
 """
 
 from __future__ import annotations

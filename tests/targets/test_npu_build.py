@@ -64,6 +64,19 @@ def test_every_body_node_ran_on_the_simulator(npu_package: Path) -> None:
     assert simulator["top1_agreement_vs_cpu_ep"] >= 0.8, simulator
 
 
+def test_cpu_graphs_quantize_only_their_weights(npu_package: Path) -> None:
+    """The token embedding is int4 and the LM head int8; the rotary tables beside the embedding stay float."""
+    import onnx
+
+    ops = [
+        node.op_type for node in onnx.load(str(npu_package / "embeddings.onnx"), load_external_data=False).graph.node
+    ]
+    assert ops.count("GatherBlockQuantized") == 1 and ops.count("Gather") == 2
+    head = onnx.load(str(npu_package / "lm_head.onnx"), load_external_data=False).graph.node
+    (matmul,) = [node for node in head if node.op_type == "MatMulNBits"]
+    assert {attr.name: attr.i for attr in matmul.attribute}["bits"] == 8
+
+
 def test_body_weights_are_4_bit_blocks(npu_package: Path) -> None:
     import onnx
 
