@@ -133,7 +133,7 @@ def build(
     as_json: JsonFlag = False,
     debug: DebugFlag = False,
 ) -> None:
-    """Build one verified package per target (default: the embedded SmolLM2-135M-Instruct, CPU int4)."""
+    """Build one verified package per target (default: the embedded SmolLM2-135M-Instruct, CPU int4 and NPU w4a16)."""
     with _reported_errors(as_json, debug):
         from phiexport.recipe import load_recipe, recipe_for_source
 
@@ -229,7 +229,13 @@ def inspect(
         )
         source = summary["source"]
         console.print(f"source: {source['kind']} {source['origin']} ({source['architecture']})")
-        console.print("weights: " + ", ".join(f"{key} {value}" for key, value in summary["weights"].items()))
+        weights = summary["weights"]
+        console.print("weights: " + ", ".join(f"{k} {v}" for k, v in weights.items() if not isinstance(v, dict)))
+        for soc, context in weights.get("contexts", {}).items():
+            console.print(
+                f"  {soc}: soc_model {context['soc_model']}, v{context['htp_arch']}, shared context binary "
+                f"{context['shared_bytes']:,} B (two separate: {context['separate_bytes']:,} B)"
+            )
         for graph, ops in summary["graphs"].items():
             console.print(f"{graph}: " + ", ".join(f"{op} {count}" for op, count in ops.items()))
         for name, size in summary["files"].items():

@@ -24,6 +24,7 @@ from phiexport.package.manifest import write_manifest
 from phiexport.package.publish import staged_output
 from phiexport.progress import StageProgress
 from phiexport.quantize.rotation import rotated_checkpoint
+from phiexport.quantize.static_qdq import check_htp_blocks
 from phiexport.quantize.weight_only import builder_options, check_block_layout, check_weight_nodes
 from phiexport.recipe import Recipe
 from phiexport.source import resolve_source
@@ -76,6 +77,8 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
 
         quant = recipe.quantization
         check_block_layout(checkpoint.config, quant)
+        if any(TARGETS[name].static_shapes for name in recipe.targets):
+            check_htp_blocks(checkpoint.config, quant.block_size)
         exported = checkpoint
         if quant.rotate and any(not TARGETS[name].static_shapes for name in recipe.targets):
             with progress.stage("rotate", f"hadamard, seed {quant.rotation_seed}"):

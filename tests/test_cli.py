@@ -71,6 +71,7 @@ def recipe_with_unknown_key(tmp_path) -> Path:
         (lambda f: ["--soc", "snapdragon-9000"], 2, ["unknown SoC 'snapdragon-9000'", "x-elite, x2-elite"]),
         (lambda f: ["--target", "npu", "--precision", "fp32"], 2, ["target npu does not run fp32", "int4, int8"]),
         (lambda f: ["--context-length", "100"], 2, ["context_length 100 is not a multiple of chunk 64"]),
+        (lambda f: ["--target", "npu", "--block-size", "64"], 2, ["even number of 64-wide blocks", "width 576"]),
     ],
     ids=[
         "missing-path",
@@ -86,6 +87,7 @@ def recipe_with_unknown_key(tmp_path) -> Path:
         "unknown-soc",
         "npu-fp32",
         "context-not-chunks",
+        "npu-odd-blocks",
     ],
 )
 def test_bad_input_fails_in_one_line_and_writes_nothing(
@@ -165,6 +167,37 @@ def test_interrupted_build_leaves_nothing(miniature_dirs, tmp_path, signum, stag
             assert process.poll() is None, "the build ended before the export stage finished"
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "error: interrupted" in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_npu_build_leaves_nothing(mini_phi4, tmp_path):
+    """SIGTERM while the NPU bodies are being quantized (native code): the build stops at the next stage boundary."""
+    output = tmp_path / "package"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "phiexport",
+            "build",
+            str(mini_phi4),
+            "--target",
+            "npu",
+            "--context-length",
+            "128",
+            "-o",
+            str(output),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    while not process.stderr.readline().startswith("✓ npu calibrate"):
+        assert process.poll() is None, "the build ended before calibration finished"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
     assert process.returncode == 130, stderr
     assert "error: interrupted" in stderr
     assert list(tmp_path.iterdir()) == []

@@ -13,9 +13,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from phiexport.architectures import linear_in_features
+from phiexport.errors import UsageError
 from phiexport.quantize.calibration import Feed, FeedReader
 
 WEIGHT_BITS = {4: "QInt4", 8: "QInt8"}
+
+
+def check_htp_blocks(config: dict[str, Any], block_size: int) -> None:
+    """Refuse block sizes the HTP mis-runs: it returns wrong results without an error when blocks do not divide a
+    weight row, and its integer block encoding crashes at run time on an odd number of blocks per row (measured with
+    onnxruntime-qnn 2.7; SmolLM2's width 576 at block 64 gives 9)."""
+    for width in sorted(linear_in_features(config)):
+        if width % block_size or (width // block_size) % 2:
+            raise UsageError(
+                f"the NPU needs every weight row to split into an even number of {block_size}-wide blocks; "
+                f"width {width} does not",
+                "choose a block_size that does, e.g. 32",
+            )
 
 
 def matmul_weight_overrides(model: Any, bits: int, block_size: int) -> dict[str, list[dict[str, Any]]]:

@@ -92,7 +92,12 @@ def htp_session_options(
         options.add_session_config_entry("ep.share_ep_contexts", "1")
         if share == "last":
             options.add_session_config_entry("ep.stop_share_ep_contexts", "1")
-    provider_options = {"backend_path": onnxruntime_qnn.get_qnn_htp_path(), "soc_model": str(target.soc_model)}
+    provider_options = {
+        "backend_path": onnxruntime_qnn.get_qnn_htp_path(),
+        "soc_model": str(target.soc_model),
+        # block-wise int4 weights become Qualcomm's integer LPBQ encoding; without it each such MatMul runs in fp16
+        "enable_block_quant_weight_optimization": "1",
+    }
     options.add_provider_for_devices(_qnn_devices(), provider_options)
     return options
 
