@@ -110,14 +110,17 @@ def main() -> None:
             )
         )
 
-    # 4. greedy text from the simulator for a ~10-token and a ~100-token prompt
-    short = tokenizer(chat_prompt(tokenizer, "What is 7 times 8?"), add_special_tokens=False)["input_ids"]
-    long = tokenizer(chat_prompt(tokenizer, gsm8k_test(1)[0]["question"]), add_special_tokens=False)["input_ids"]
-    for label, prompt in (("short", short), ("long", long)):
-        tokens = htp.greedy(prompt, 24)
-        rows.append(
-            (f"simulator greedy, {len(prompt)}-token prompt", repr(tokenizer.decode(tokens, skip_special_tokens=True)))
-        )
+    # 4. greedy text from the simulator: a ~10-token raw prompt, and the chat prompt of the GSM8K test problem
+    # whose length is nearest 100 tokens
+    short = tokenizer("What is the capital city of France? Answer:", add_special_tokens=False)["input_ids"]
+    prompts = [
+        tokenizer(chat_prompt(tokenizer, problem["question"]), add_special_tokens=False)["input_ids"]
+        for problem in gsm8k_test(20)
+    ]
+    long = min(prompts, key=lambda ids: abs(len(ids) - 100))
+    for prompt in (short, long):
+        text = tokenizer.decode(htp.greedy(prompt, 32), skip_special_tokens=True)
+        rows.append((f"simulator greedy, {len(prompt)}-token prompt, 32 new tokens", repr(text)))
 
     print("| measure | value |\n| --- | --- |")
     for measure, value in rows:
