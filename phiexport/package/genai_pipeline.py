@@ -26,15 +26,10 @@ def special_token_ids(checkpoint: Checkpoint) -> dict[str, Any]:
 def genai_pipeline_config(checkpoint: Checkpoint, layout: StaticLayout, context: dict[str, Any]) -> dict[str, Any]:
     """The config for one SoC's context binaries (`context` as recorded by the NPU build)."""
     qnn = {
+        "log_id": "onnxruntime-genai",
         "provider_options": [
-            {
-                "qnn": {
-                    "backend_path": "libQnnHtp.so",
-                    "htp_performance_mode": "burst",
-                    "soc_model": str(context["soc_model"]),
-                }
-            }
-        ]
+            {"QNN": {"backend_type": "htp", "htp_performance_mode": "burst", "soc_model": str(context["soc_model"])}}
+        ],
     }
     cache = {
         "past_key_names": "past_key.%d",
