@@ -112,11 +112,15 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
                     weights[name] = check_weight_nodes(_graph_nodes(package_dir / "model.onnx"), quant)
             packages[name] = package_dir
 
+        evaluation = recipe.evaluation
+        if static := [recipe.npu.context_length for name in recipe.targets if TARGETS[name].static_shapes]:
+            # every package scores the same token streams, so they are cut to fit the smallest fixed cache
+            evaluation = evaluation.model_copy(update={"max_tokens": min(evaluation.max_tokens, *static)})
         with progress.stage("verify", f"{recipe.evaluation.sequences} held-out sequences"):
             reports = verify_packages(
                 checkpoint.path,
                 packages,
-                recipe.evaluation,
+                evaluation,
                 trust_remote_code=recipe.source.trust_remote_code,
                 track=progress.track,
             )

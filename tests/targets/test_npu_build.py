@@ -30,7 +30,7 @@ def npu_package(mini_phi4: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
         "--context-length",
         "256",
         "--eval-sequences",
-        "4",
+        "12",
         "-o",
         str(output),
         "--json",
@@ -56,6 +56,12 @@ def test_package_holds_shared_context_binaries_per_soc(npu_package: Path) -> Non
     genai = json.loads((npu_package / "genai_config.json").read_text())["model"]
     assert genai["type"] == "decoder-pipeline"
     assert genai["decoder"]["sliding_window"]["window_size"] == 64
+
+
+def test_scored_sequences_fit_the_fixed_cache(npu_package: Path) -> None:
+    report = json.loads((npu_package / "report.json").read_text())
+    assert report["data"]["max_tokens"] == 256  # the recipe's 320 cut to the package's context
+    assert report["data"]["sequences"] == 12
 
 
 def test_every_body_node_ran_on_the_simulator(npu_package: Path) -> None:
