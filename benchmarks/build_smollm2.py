@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 VARIANTS = [
-    "",  # the bundled recipe: int4 RTN, block 32, symmetric
+    "",  # the bundled recipe's CPU package: int4 RTN, block 32, symmetric
     "--asymmetric",
     "--quant k_quant",
     "--block-size 128",
@@ -33,7 +33,7 @@ VARIANTS = [
 
 
 def build(flags: str, sequences: int, output: Path, cache: Path) -> dict:
-    command = [sys.executable, "-m", "phiexport", "build", "-o", str(output), *flags.split()]
+    command = [sys.executable, "-m", "phiexport", "build", "-o", str(output), "--target", "cpu", *flags.split()]
     command += ["--eval-sequences", str(sequences), "--json"]
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         start = time.perf_counter()
