@@ -110,9 +110,9 @@ def main() -> None:
             )
         )
 
-    # 4. greedy text from the simulator: a ~10-token raw prompt, and the chat prompt of the GSM8K test problem
+    # 4. greedy text from the simulator: a 10-token raw prompt, and the chat prompt of the GSM8K test problem
     # whose length is nearest 100 tokens
-    short = tokenizer("What is the capital city of France? Answer:", add_special_tokens=False)["input_ids"]
+    short = tokenizer("Here is a short poem about the sea:\n", add_special_tokens=False)["input_ids"]
     prompts = [
         tokenizer(chat_prompt(tokenizer, problem["question"]), add_special_tokens=False)["input_ids"]
         for problem in gsm8k_test(20)
