@@ -130,6 +130,26 @@ def _wait_for(condition, timeout=120.0):
     raise AssertionError("condition not reached")
 
 
+def _spawn_build(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "phiexport", "build", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for_stage(process: subprocess.Popen[str], done_line: str) -> None:
+    assert process.stderr is not None
+    while not process.stderr.readline().startswith(done_line):
+        assert process.poll() is None, f"the build ended before {done_line!r}"
+
+
+def _assert_interrupted_cleanly(process: subprocess.Popen[str], signum: int, tmp_path: Path, timeout: float) -> None:
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 130, stderr
+    assert "error: interrupted" in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("signum", "stage"),
     [
@@ -141,63 +161,19 @@ def _wait_for(condition, timeout=120.0):
 )
 def test_interrupted_build_leaves_nothing(miniature_dirs, tmp_path, signum, stage):
     output = tmp_path / "package"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "phiexport",
-            "build",
-            str(miniature_dirs["llama"]),
-            "-o",
-            str(output),
-            "--precision",
-            "fp32",
-            "--eval-sequences",
-            "200",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = _spawn_build(
+        str(miniature_dirs["llama"]), "-o", str(output), "--precision", "fp32", "--eval-sequences", "200"
     )
     if stage == "load libraries":  # the staging folder appears just before the (deferred) library imports
         _wait_for(lambda: any(p.name.startswith(".package.partial-") for p in tmp_path.iterdir()))
     else:  # right after the export stage reports done, the build is scoring 200 sequences
-        assert process.stderr is not None
-        while not process.stderr.readline().startswith("✓ export"):
-            assert process.poll() is None, "the build ended before the export stage finished"
-    process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    assert "error: interrupted" in stderr
-    assert list(tmp_path.iterdir()) == []
+        _wait_for_stage(process, "✓ export")
+    _assert_interrupted_cleanly(process, signum, tmp_path, timeout=120)
 
 
 def test_interrupted_npu_build_leaves_nothing(mini_phi4, tmp_path):
     """SIGTERM while the NPU bodies are being quantized (native code): the build stops at the next stage boundary."""
     output = tmp_path / "package"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "phiexport",
-            "build",
-            str(mini_phi4),
-            "--target",
-            "npu",
-            "--context-length",
-            "128",
-            "-o",
-            str(output),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    while not process.stderr.readline().startswith("✓ npu calibrate"):
-        assert process.poll() is None, "the build ended before calibration finished"
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 130, stderr
-    assert "error: interrupted" in stderr
-    assert list(tmp_path.iterdir()) == []
+    process = _spawn_build(str(mini_phi4), "--target", "npu", "--context-length", "128", "-o", str(output))
+    _wait_for_stage(process, "✓ npu calibrate")
+    _assert_interrupted_cleanly(process, signal.SIGTERM, tmp_path, timeout=300)
