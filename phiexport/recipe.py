@@ -166,6 +166,8 @@ class Recipe(_Strict):
                     f"target {name} does not run {self.quantization.precision} weights; "
                     f"choose one of {', '.join(target.precisions)}"
                 )
+            if target.static_shapes and self.quantization.zero_points:
+                raise ValueError(f"target {name} runs symmetric rtn weights only (the HTP ignores zero points)")
         return self
 
     def with_overrides(self, overrides: dict[str, Any]) -> Recipe:

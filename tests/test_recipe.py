@@ -46,6 +46,7 @@ def test_yaml_and_flags_give_the_same_object(tmp_path):
         (minimal(npu={"socs": ["x-elite", "SC8380XP"]}), "a SoC is listed twice"),
         (minimal(npu={"context_length": 100}), "npu: context_length 100 is not a multiple of chunk 64"),
         (minimal(calibration={"sequences": 0}), "calibration.sequences"),
+        (minimal(targets=["npu"], quantization={"method": "k_quant"}), "target npu runs symmetric rtn weights only"),
         ({"name": "m", "source": {"model": "x/y"}}, "missing required key 'version'"),
         (minimal(version=2), "version"),
         (minimal(name="Has Spaces"), "name"),
