@@ -67,7 +67,11 @@ def recipe_with_unknown_key(tmp_path) -> Path:
         (lambda f: ["--target", "tpu"], 2, ["unknown target 'tpu'"]),
         (lambda f: ["--block-size", "abc"], 2, ["--block-size", "see 'phiexport build --help'"]),
         (lambda f: ["--no-such-flag"], 2, ["No such option: --no-such-flag"]),
-        (lambda f: ["--quant", "k_quant", "--block-size", "64"], 2, ["even number of blocks", "width 576"]),
+        (
+            lambda f: ["-t", "cpu", "--quant", "k_quant", "--block-size", "64"],
+            2,
+            ["even number of blocks", "width 576"],
+        ),
         (lambda f: ["--soc", "snapdragon-9000"], 2, ["unknown SoC 'snapdragon-9000'", "x-elite, x2-elite"]),
         (lambda f: ["--target", "npu", "--precision", "fp32"], 2, ["target npu does not run fp32", "int4, int8"]),
         (lambda f: ["--context-length", "100"], 2, ["context_length 100 is not a multiple of chunk 64"]),
