@@ -218,10 +218,7 @@ def export_static_graphs(model: Any, layout: StaticLayout, output: Path) -> dict
                 body_example(layout, steps),
                 paths[kind],
                 inputs=body_input_names(layout),
-                outputs=[
-                    "hidden_out",
-                    *[f"new_{kind_}.{i}" for i in range(layout.layers) for kind_ in ("key", "value")],
-                ],
+                outputs=body_output_names(layout),
             )
         hidden = torch.zeros(1, 2, layout.hidden)
         _export(
@@ -237,6 +234,10 @@ def export_static_graphs(model: Any, layout: StaticLayout, output: Path) -> dict
 
 def body_input_names(layout: StaticLayout) -> list[str]:
     return ["hidden", "cos", "sin", "mask", *layout.cache_names()]
+
+
+def body_output_names(layout: StaticLayout) -> list[str]:
+    return ["hidden_out", *[name.replace("past_", "new_") for name in layout.cache_names()]]
 
 
 def body_example(layout: StaticLayout, steps: int) -> tuple[Any, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from phiexport.export.static_graphs import StaticLayout
+from phiexport.export.static_graphs import StaticLayout, body_input_names, body_output_names
 from phiexport.source import Checkpoint
 from phiexport.source.hf_dir import read_json
 
@@ -35,8 +35,7 @@ def genai_pipeline_config(checkpoint: Checkpoint, layout: StaticLayout, context:
         "past_key_names": "past_key.%d",
         "past_value_names": "past_value.%d",
     }
-    body_inputs = ["hidden", "cos", "sin", "mask", *layout.cache_names()]
-    body_outputs = ["hidden_out", *[f"new_{kind}.{i}" for i in range(layout.layers) for kind in ("key", "value")]]
+    body_inputs, body_outputs = body_input_names(layout), body_output_names(layout)
     return {
         "model": {
             **special_token_ids(checkpoint),
