@@ -109,10 +109,19 @@ def build(
     context_length: Annotated[int | None, typer.Option(help="npu: KV cache slots (longest sequence).")] = None,
     chunk: Annotated[int | None, typer.Option(help="npu: prompt tokens per prefill step.")] = None,
     precision: Annotated[str | None, typer.Option(help="Weights: int4, int8 or fp32.")] = None,
-    quant: Annotated[str | None, typer.Option(help="Weight method for int4/int8: rtn or k_quant.")] = None,
+    quant: Annotated[
+        str | None, typer.Option(help="Weight method: rtn, k_quant, or calibrated gptq or awq (int4).")
+    ] = None,
+    mixed: Annotated[
+        str | None, typer.Option(help="auto: measured int4/int8 mix within --mixed-bits; off: one width.")
+    ] = None,
+    mixed_bits: Annotated[float | None, typer.Option(help="Mean bits per weight allowed by --mixed auto.")] = None,
+    calibration_sequences: Annotated[
+        int | None, typer.Option(help="GSM8K train conversations that calibrated methods see.")
+    ] = None,
     block_size: Annotated[int | None, typer.Option(help="Quantization block: 16, 32, 64, 128 or 256.")] = None,
     symmetric: Annotated[
-        bool | None, typer.Option("--symmetric/--asymmetric", help="rtn without or with zero points.")
+        bool | None, typer.Option("--symmetric/--asymmetric", help="Weights without or with zero points.")
     ] = None,
     accuracy_level: Annotated[int | None, typer.Option(help="MatMulNBits compute: 0-4 (4 = int8).")] = None,
     rotate: Annotated[
@@ -157,7 +166,10 @@ def build(
                 symmetric=symmetric,
                 accuracy_level=accuracy_level,
                 rotate=rotate or None,
+                mixed=mixed,
+                mixed_bits=mixed_bits,
             ),
+            "calibration": _given(sequences=calibration_sequences),
             "evaluation": _given(sequences=eval_sequences),
             "npu": _given(socs=tuple(soc) if soc else None, context_length=context_length, chunk=chunk),
         }

@@ -23,7 +23,8 @@ from phiexport.package.card import write_model_card
 from phiexport.package.manifest import write_manifest
 from phiexport.package.publish import staged_output
 from phiexport.progress import StageProgress
-from phiexport.quantize.rotation import rotated_checkpoint
+from phiexport.quantize.onnx_weights import write_matmul_nbits
+from phiexport.quantize.prepare import prepare_checkpoint
 from phiexport.quantize.static_qdq import check_htp_blocks
 from phiexport.quantize.weight_only import builder_options, check_block_layout, check_weight_nodes
 from phiexport.recipe import Recipe
@@ -79,15 +80,11 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
         check_block_layout(checkpoint.config, quant)
         if any(TARGETS[name].static_shapes for name in recipe.targets):
             check_htp_blocks(checkpoint.config, quant.block_size)
-        exported = checkpoint
-        if quant.rotate and any(not TARGETS[name].static_shapes for name in recipe.targets):
-            with progress.stage("rotate", f"hadamard, seed {quant.rotation_seed}"):
-                exported = rotated_checkpoint(
-                    checkpoint,
-                    Path(scratch) / "rotated",
-                    seed=quant.rotation_seed,
-                    trust_remote_code=recipe.source.trust_remote_code,
-                )
+        exported, calibrated, prepared = checkpoint, None, None
+        if (quant.rotate or quant.calibrated) and any(not TARGETS[name].static_shapes for name in recipe.targets):
+            with progress.stage("prepare weights", _preparation(recipe)):
+                exported, calibrated = prepare_checkpoint(checkpoint, Path(scratch) / "prepared", recipe)
+                prepared = (exported, calibrated)
         options = builder_options(quant)
         if recipe.source.trust_remote_code:
             options["hf_remote"] = "true"
@@ -97,7 +94,9 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
             target = TARGETS[name]
             package_dir = staging / target.name
             if target.static_shapes:
-                weights[name] = build_npu_package(recipe, checkpoint, package_dir, Path(scratch), progress)
+                weights[name] = build_npu_package(
+                    recipe, checkpoint, package_dir, Path(scratch), progress, prepared=prepared
+                )
             else:
                 with progress.stage(f"export {target.name}", quant.describe()):
                     export_with_builder(
@@ -109,7 +108,11 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
                         cache_dir=Path(scratch) / "builder-cache",
                         log_path=log_path,
                     )
+                    if calibrated is not None:
+                        write_matmul_nbits(package_dir / "model.onnx", calibrated.weights)
                     weights[name] = check_weight_nodes(_graph_nodes(package_dir / "model.onnx"), quant)
+                    if calibrated is not None:
+                        weights[name]["calibrated"] = calibrated.summary
             packages[name] = package_dir
 
         evaluation = recipe.evaluation
@@ -146,6 +149,14 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
         reports=reports,
         timings=dict(progress.timings),
     )
+
+
+def _preparation(recipe: Recipe) -> str:
+    quant, calibration = recipe.quantization, recipe.calibration
+    steps = [f"hadamard rotation, seed {quant.rotation_seed}"] if quant.rotate else []
+    if quant.calibrated:
+        steps.append(f"{quant.method} on {calibration.sequences} GSM8K train conversations")
+    return " + ".join(steps)
 
 
 def _import_heavy_libraries() -> None:

@@ -39,13 +39,24 @@ class SourceConfig(_Strict):
     trust_remote_code: bool = Field(False, description="Allow the checkpoint's own Python code (auto_map)")
 
 
+CALIBRATED_METHODS = ("gptq", "awq")
+
+
 class QuantizationConfig(_Strict):
-    """Weight-only quantization. int4/int8 become MatMulNBits; fp32 keeps float weights."""
+    """Weight-only quantization. int4/int8 become MatMulNBits; fp32 keeps float weights.
+
+    rtn and k_quant round each weight on its own (the genai builder's quantizers); gptq and awq are calibrated on
+    `calibration:` text, one decoder layer at a time (phiexport.quantize.layerwise).
+    """
 
     precision: Precision = "int4"
-    method: Literal["rtn", "k_quant"] = "rtn"
+    method: Literal["rtn", "k_quant", "gptq", "awq"] = "rtn"
     block_size: int = 32
-    symmetric: bool | None = Field(None, description="rtn: symmetric unless false; k_quant always has zero points")
+    symmetric: bool | None = Field(None, description="symmetric unless false; k_quant always has zero points")
+    mixed: Literal["off", "auto"] = Field(
+        "off", description="auto: keep the linears whose rounding costs the most KL at int8, within mixed_bits"
+    )
+    mixed_bits: float = Field(4.5, ge=4.0, le=8.0, description="Budget of `mixed: auto`: mean bits per weight")
     accuracy_level: int = Field(4, ge=0, le=4, description="MatMulNBits compute type: 0 default, 1 fp32 … 4 int8")
     rotate: bool = Field(False, description="Fold a randomized Hadamard rotation of the residual stream in first")
     rotation_seed: int = Field(0, ge=0, description="Seed of the rotation's random signs")
@@ -63,7 +74,14 @@ class QuantizationConfig(_Strict):
     def _method_fits_symmetry(self) -> QuantizationConfig:
         if self.method == "k_quant" and self.symmetric:
             raise ValueError("k_quant always stores zero points; use method rtn for symmetric weights")
+        if self.calibrated and self.precision != "int4":
+            raise ValueError(f"method {self.method} and mixed auto quantize to int4; set precision int4")
         return self
+
+    @property
+    def calibrated(self) -> bool:
+        """True when quantization runs on calibration text (gptq, awq, or a measured int4/int8 mix)."""
+        return self.method in CALIBRATED_METHODS or self.mixed == "auto"
 
     @property
     def is_integer(self) -> bool:
@@ -80,7 +98,8 @@ class QuantizationConfig(_Strict):
         if not self.is_integer:
             return f"{self.precision} (weights not quantized){rotation}"
         symmetry = "asym" if self.zero_points else "sym"
-        return f"{self.precision} {self.method} block {self.block_size} {symmetry}{rotation}"
+        mixed = f" + int8 mix within {self.mixed_bits:g} bits" if self.mixed == "auto" else ""
+        return f"{self.precision} {self.method} block {self.block_size} {symmetry}{rotation}{mixed}"
 
 
 class EvaluationConfig(_Strict):
@@ -95,8 +114,8 @@ class EvaluationConfig(_Strict):
 class CalibrationConfig(_Strict):
     """Text that calibrated quantization sees: bundled GSM8K train conversations, chat-formatted."""
 
-    sequences: int = Field(16, ge=1, le=1024, description="Conversations drawn from calibration/")
-    max_tokens: int = Field(256, ge=16, le=8192, description="Each conversation is cut to this many tokens")
+    sequences: int = Field(64, ge=1, le=1024, description="Conversations drawn from calibration/")
+    max_tokens: int = Field(512, ge=16, le=8192, description="Each conversation is cut to this many tokens")
     seed: int = Field(0, ge=0, description="Seed of the draw (same seed, same package)")
 
 
@@ -107,6 +126,9 @@ class NpuConfig(_Strict):
     context_length: int = Field(512, ge=2, le=131072, description="KV cache slots: the longest sequence it runs")
     chunk: int = Field(64, ge=2, le=1024, description="Prompt tokens per prefill step")
     rotate: bool = Field(True, description="Fold a Hadamard rotation into the weights before quantizing")
+    activation_sequences: int = Field(
+        16, ge=1, le=1024, description="Calibration conversations recorded for the activation ranges (the first N)"
+    )
     decode_samples: int = Field(2, ge=0, le=64, description="Decode-graph calibration points per conversation")
     lm_head_bits: Literal[4, 8] = Field(8, description="Bits of the CPU-side LM head (block 32)")
     simulator_decode_tokens: int = Field(4, ge=0, le=256, description="Decode steps of the build's HTP simulator check")

@@ -13,14 +13,9 @@ Llama, Phi-3 and Qwen2 share the layout this relies on: `input_layernorm` → at
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
-from pathlib import Path
 from typing import Any
 
 from phiexport.quantize.hadamard import random_orthogonal_hadamard
-from phiexport.source import Checkpoint
-from phiexport.source.hf_dir import read_json
 
 _WRITERS = {"self_attn": "o_proj", "mlp": "down_proj"}
 
@@ -53,25 +48,6 @@ def rotate_decoder(model: Any, seed: int) -> None:
         inner.embed_tokens.weight = torch.nn.Parameter(embedding.to(dtype), requires_grad=False)
         model.lm_head.weight = torch.nn.Parameter(lm_head.to(dtype), requires_grad=False)
     model.config.tie_word_embeddings = False
-
-
-def rotated_checkpoint(checkpoint: Checkpoint, output: Path, *, seed: int, trust_remote_code: bool) -> Checkpoint:
-    """A copy of `checkpoint` with rotated fp32 weights in `output`; tokenizer and chat template copied alongside.
-
-    The manifest keeps describing the original source: only `path` and `config` change.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(
-        checkpoint.path, dtype=torch.float32, trust_remote_code=trust_remote_code
-    ).eval()
-    rotate_decoder(model, seed)
-    model.save_pretrained(output)
-    for item in checkpoint.path.iterdir():
-        if item.is_file() and not (output / item.name).exists() and not item.name.endswith(".safetensors"):
-            shutil.copy2(item, output / item.name)
-    return dataclasses.replace(checkpoint, path=output, config=read_json(output / "config.json"))
 
 
 def _set(parameter: Any, value: Any) -> None:

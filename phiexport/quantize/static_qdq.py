@@ -33,21 +33,38 @@ def check_htp_blocks(config: dict[str, Any], block_size: int) -> None:
             )
 
 
-def matmul_weight_overrides(model: Any, bits: int, block_size: int) -> dict[str, list[dict[str, Any]]]:
+def matmul_weight_overrides(
+    model: Any, bits: int, block_size: int, bits_by_weight: dict[str, int] | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """Symmetric overrides for every MatMul weight initializer of `model` (an onnx ModelProto): blocks of
-    `block_size` along the input axis, or one scale per output channel when `block_size` is 0."""
+    `block_size` along the input axis, or one scale per output channel when `block_size` is 0; `bits`, or the
+    weight's own entry in `bits_by_weight` (a measured int4/int8 mix)."""
     from onnxruntime.quantization import QuantType
 
     initializers = {tensor.name for tensor in model.graph.initializer}
-    quant_type = getattr(QuantType, WEIGHT_BITS[bits])
+    chosen = bits_by_weight or {}
     return {
-        node.input[1]: [{"quant_type": quant_type, "symmetric": True, "axis": 0 if block_size else 1}]
+        node.input[1]: [
+            {
+                "quant_type": getattr(QuantType, WEIGHT_BITS[chosen.get(node.input[1], bits)]),
+                "symmetric": True,
+                "axis": 0 if block_size else 1,
+            }
+        ]
         for node in model.graph.node
         if node.op_type == "MatMul" and node.input[1] in initializers
     }
 
 
-def quantize_body(fp32_path: Path, feeds: list[Feed], output: Path, *, weight_bits: int, block_size: int) -> Path:
+def quantize_body(
+    fp32_path: Path,
+    feeds: list[Feed],
+    output: Path,
+    *,
+    weight_bits: int,
+    block_size: int,
+    bits_by_weight: dict[str, int] | None = None,
+) -> Path:
     """Write the QDQ form of `fp32_path` to `output` (external data beside it), calibrated on `feeds`."""
     import tempfile
 
@@ -71,7 +88,7 @@ def quantize_body(fp32_path: Path, feeds: list[Feed], output: Path, *, weight_bi
             FeedReader(feeds),
             activation_type=QuantType.QUInt16,
             weight_type=QuantType.QUInt8,  # norms and other small constants; MatMul weights use the overrides
-            init_overrides=matmul_weight_overrides(graph, weight_bits, block_size),
+            init_overrides=matmul_weight_overrides(graph, weight_bits, block_size, bits_by_weight),
         )
         config.use_external_data_format = True
         config.extra_options["BlockSize"] = block_size  # opset-21 blocked DequantizeLinear ...

@@ -30,7 +30,7 @@ def builder_options(quant: QuantizationConfig) -> dict[str, str]:
     # measured KL 0.56 against 0.64 for algo_config=rtn. Zero points need algo_config=rtn or k_quant: the default
     # path writes a tied embedding that onnxruntime refuses to load.
     if quant.method == "k_quant" or quant.zero_points:
-        options["algo_config"] = quant.method
+        options["algo_config"] = "k_quant" if quant.method == "k_quant" else "rtn"
     return options
 
 
@@ -65,13 +65,14 @@ def check_weight_nodes(graph_nodes: list[Any], quant: QuantizationConfig) -> dic
     if not matmuls:
         raise BuildError("the builder wrote no MatMulNBits node for an integer precision", "report a bug")
     expected = (_BITS[quant.precision], quant.block_size, quant.accuracy_level, quant.zero_points)
+    allowed = {expected, (8, *expected[1:])} if quant.mixed == "auto" else {expected}
     found: Counter[tuple[int, int, int, bool]] = Counter()
     for node in matmuls:
         attrs = {a.name: a.i for a in node.attribute}
         has_zero_points = len(node.input) > 3 and bool(node.input[3])
         found[(attrs.get("bits", 4), attrs["block_size"], attrs.get("accuracy_level", 0), has_zero_points)] += 1
     for key, count in found.items():
-        if key != expected:
+        if key not in allowed:
             raise BuildError(
                 f"the builder ignored an option: {count} MatMulNBits nodes have (bits, block_size, accuracy_level, "
                 f"zero points) = {key}, asked for {expected}",
@@ -82,6 +83,7 @@ def check_weight_nodes(graph_nodes: list[Any], quant: QuantizationConfig) -> dic
         "method": quant.method,
         "matmul_nbits": len(matmuls),
         "bits": expected[0],
+        "nodes_by_bits": {f"int{bits}": sum(n for key, n in found.items() if key[0] == bits) for bits in (4, 8)},
         "block_size": quant.block_size,
         "accuracy_level": quant.accuracy_level,
         "zero_points": quant.zero_points,

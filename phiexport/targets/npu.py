@@ -11,7 +11,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from phiexport.progress import StageProgress
 from phiexport.recipe import Recipe
 from phiexport.source import Checkpoint
 from phiexport.targets import Target, register_target
+
+if TYPE_CHECKING:
+    from phiexport.quantize.calibrated import CalibratedWeights
 
 NPU = register_target(
     Target(
@@ -48,41 +51,52 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def build_npu_package(
-    recipe: Recipe, checkpoint: Checkpoint, package_dir: Path, scratch: Path, progress: StageProgress
+    recipe: Recipe,
+    checkpoint: Checkpoint,
+    package_dir: Path,
+    scratch: Path,
+    progress: StageProgress,
+    prepared: tuple[Checkpoint, CalibratedWeights | None] | None = None,
 ) -> dict[str, Any]:
-    """Write the NPU package into `package_dir`; returns the manifest's `weights` section (what was done, measured)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Write the NPU package into `package_dir`; returns the manifest's `weights` section (what was done, measured).
 
-    from phiexport.evaluate.data import calibration_sequences
+    `prepared` is the rotated and/or calibrated checkpoint made for the CPU target, reused when it fits.
+    """
+    from phiexport.quantize.calibrated import calibrate_weights
     from phiexport.quantize.calibration import record_body_feeds
     from phiexport.quantize.cpu_side import quantize_cpu_graph
+    from phiexport.quantize.onnx_weights import qdq_weight_bits, write_qdq_weights
+    from phiexport.quantize.prepare import calibration_text, load_float_model
     from phiexport.quantize.rotation import rotate_decoder
     from phiexport.quantize.static_qdq import quantize_body
     from phiexport.runtime.static_pipeline import StaticPipeline
 
-    npu, quant, calibration = recipe.npu, recipe.quantization, recipe.calibration
-    trust = recipe.source.trust_remote_code
+    npu, quant = recipe.npu, recipe.quantization
     layout = StaticLayout.from_config(checkpoint.config, context=npu.context_length, chunk=npu.chunk)
     fp32_dir = scratch / "npu-fp32"
-    with progress.stage("npu export", f"prefill {npu.chunk} + decode 1, context {npu.context_length}"):
-        model = AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=torch.float32, trust_remote_code=trust)
-        model.eval()
+    sequences = calibration_text(checkpoint, recipe, max_tokens=layout.context)
+    calibrated = None
+    if prepared is not None and npu.rotate == quant.rotate:  # the CPU target's weights are these weights
+        model = load_float_model(prepared[0], trust_remote_code=recipe.source.trust_remote_code)
+        calibrated = prepared[1]
+    else:
+        model = load_float_model(checkpoint, trust_remote_code=recipe.source.trust_remote_code)
         if npu.rotate:
             rotate_decoder(model, quant.rotation_seed)
+        if quant.calibrated:
+            with progress.stage("npu weights", f"{quant.method} on {len(sequences)} GSM8K train conversations"):
+                calibrated = calibrate_weights(model, sequences, quant)
+    with progress.stage("npu export", f"prefill {npu.chunk} + decode 1, context {npu.context_length}"):
         fp32_graphs = export_static_graphs(model, layout, fp32_dir)
         del model
 
-    with progress.stage("npu calibrate", f"{calibration.sequences} GSM8K train conversations"):
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, trust_remote_code=trust)
-        sequences = calibration_sequences(
-            tokenizer, calibration.sequences, min(calibration.max_tokens, layout.context), calibration.seed
-        )
+    sequences = sequences[: npu.activation_sequences]
+    with progress.stage("npu calibrate", f"{len(sequences)} GSM8K train conversations"):
         feeds = record_body_feeds(
             StaticPipeline.from_graphs(fp32_graphs, layout),
             sequences,
             decode_samples=npu.decode_samples,
-            seed=calibration.seed,
+            seed=recipe.calibration.seed,
         )
 
     weight_bits = 4 if quant.precision == "int4" else 8
@@ -90,9 +104,17 @@ def build_npu_package(
     graphs = {name: package_dir / file for name, file in GRAPH_FILES.items()}
     with progress.stage("npu quantize", f"w{weight_bits} block {quant.block_size}, a16"):
         for kind in ("prefill", "decode"):
+            bits = qdq_weight_bits(fp32_graphs[kind], calibrated.weights) if calibrated else {}
             quantize_body(
-                fp32_graphs[kind], feeds[kind], graphs[kind], weight_bits=weight_bits, block_size=quant.block_size
+                fp32_graphs[kind],
+                feeds[kind],
+                graphs[kind],
+                weight_bits=weight_bits,
+                block_size=quant.block_size,
+                bits_by_weight=bits,
             )
+            if calibrated and write_qdq_weights(graphs[kind], fp32_graphs[kind], calibrated.weights) != len(bits):
+                raise BuildError(f"not every calibrated weight reached the {kind} graph", "report a bug")
         del feeds
         for name in ("embeddings", "lm_head"):
             shutil.copy2(fp32_graphs[name], graphs[name])
@@ -125,8 +147,10 @@ def build_npu_package(
         "calibration": {
             "prefill_samples": sum(-(-min(len(ids), layout.context) // layout.chunk) for ids in sequences),
             "decode_samples": npu.decode_samples * len(sequences),
-            **calibration.model_dump(),
+            "activation_sequences": len(sequences),
+            **recipe.calibration.model_dump(),
         },
+        "calibrated": calibrated.summary if calibrated else None,
         "contexts": contexts,
         "simulator": simulator,
     }

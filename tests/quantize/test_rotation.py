@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phiexport.quantize.rotation import rotated_checkpoint
-from phiexport.recipe import SourceConfig
+from phiexport.quantize.prepare import prepare_checkpoint
+from phiexport.recipe import SourceConfig, parse_recipe
 from phiexport.source import resolve_source
 from tests.miniatures import MINIATURES
 
@@ -17,8 +17,19 @@ def logits(model_dir: Path, token_ids: list[int]) -> np.ndarray:
 
 
 def rotate(model: str, tmp_path: Path, seed: int = 0):
-    checkpoint = resolve_source(SourceConfig(model=model), tmp_path / "cache")
-    return checkpoint, rotated_checkpoint(checkpoint, tmp_path / "rotated", seed=seed, trust_remote_code=False)
+    recipe = parse_recipe(
+        {
+            "version": 1,
+            "name": "r",
+            "source": {"model": model},
+            "quantization": {"rotate": True, "rotation_seed": seed},
+        },
+        origin="test",
+    )
+    checkpoint = resolve_source(recipe.source, tmp_path / "cache")
+    rotated, calibrated = prepare_checkpoint(checkpoint, tmp_path / "rotated", recipe)
+    assert calibrated is None
+    return checkpoint, rotated
 
 
 @pytest.mark.parametrize("model_type", sorted(MINIATURES))

@@ -1,0 +1,153 @@
+"""Calibrated weight quantization of a loaded torch model: which grid each decoder linear gets (int4, or int8 for
+the linears `mixed: auto` measured as most sensitive), then GPTQ, AWQ or plain rounding one layer at a time.
+
+The model is left computing what the package will (weights replaced by their dequantized values); the codes are
+returned for the target to write into its graphs (onnx_weights.py), so every target gets the same integers. The LM
+head is left to each target's own quantizer: on the CPU it is also the (tied) embedding, which the builder stores
+once for both uses, and the NPU package keeps it on the CPU at 8 bits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from phiexport.evaluate.metrics import kl_divergence, log_softmax
+from phiexport.quantize.grid import BlockGrid, QuantizedWeight, quantize_rtn
+from phiexport.quantize.layerwise import quantize_layerwise
+from phiexport.recipe import QuantizationConfig
+
+# Linears that read the same input share one bit width (the genai builder packs q/k/v into one MatMulNBits).
+_UNITS = (
+    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.qkv_proj"),
+    ("self_attn.o_proj",),
+    ("mlp.gate_proj", "mlp.up_proj", "mlp.gate_up_proj"),
+    ("mlp.down_proj",),
+)
+SENSITIVITY_SEQUENCES = 8  # calibration conversations scored per candidate linear by `mixed: auto`
+
+
+@dataclass
+class CalibratedWeights:
+    weights: dict[str, QuantizedWeight]  # HF module name → codes
+    summary: dict[str, Any]  # for the manifest
+
+
+def quantization_units(model: Any) -> list[tuple[str, ...]]:
+    """Groups of HF decoder linear names quantized at one bit width, in model order."""
+    units = []
+    for index in range(len(model.model.layers)):
+        for names in _UNITS:
+            present = tuple(
+                f"model.layers.{index}.{name}" for name in names if _has(model, f"model.layers.{index}.{name}")
+            )
+            if present:
+                units.append(present)
+    return units
+
+
+def calibrate_weights(
+    model: Any,
+    sequences: list[list[int]],
+    quant: QuantizationConfig,
+    *,
+    on_layer: Callable[[int, int], None] | None = None,
+) -> CalibratedWeights:
+    """Quantize every decoder linear of `model` (in place) as `quant` says."""
+    started = time.perf_counter()
+    symmetric = not quant.zero_points
+    units = quantization_units(model)
+    bits = {unit: 4 for unit in units}
+    summary: dict[str, Any] = {"method": quant.method, "block_size": quant.block_size, "symmetric": symmetric}
+    if quant.mixed == "auto":
+        sensitivity = measure_sensitivity(model, units, BlockGrid(4, quant.block_size, symmetric), sequences)
+        sizes = {unit: sum(model.get_submodule(name).weight.numel() for name in unit) for unit in units}
+        promoted = choose_int8(sensitivity, sizes, quant.mixed_bits, units)
+        bits.update({unit: 8 for unit in promoted})
+        summary["mixed"] = {
+            "budget_bits": quant.mixed_bits,
+            "mean_bits": mean_bits(bits, sizes),
+            "int8": [", ".join(unit) for unit in units if unit in promoted],
+            "sensitivity_kl": {", ".join(unit): round(value, 6) for unit, value in sensitivity.items()},
+        }
+    grids = {name: BlockGrid(bits[unit], quant.block_size, symmetric) for unit in units for name in unit}
+    if quant.method in ("gptq", "awq"):
+        weights = quantize_layerwise(model, sequences, grids, quant.method, on_layer=on_layer)
+    else:
+        weights = _round_in_place(model, grids)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    return CalibratedWeights(weights, summary)
+
+
+def measure_sensitivity(
+    model: Any, units: list[tuple[str, ...]], grid: BlockGrid, sequences: list[list[int]]
+) -> dict[tuple[str, ...], float]:
+    """Mean KL(float ‖ model with only `unit` rounded to `grid`) over a few calibration conversations, per unit."""
+    samples = [torch.tensor([ids]) for ids in sequences[:SENSITIVITY_SEQUENCES]]
+    with torch.inference_mode():
+        reference = [log_softmax(model(ids, use_cache=False).logits[0].numpy()) for ids in samples]
+        result = {}
+        for unit in units:
+            linears = [model.get_submodule(name) for name in unit]
+            originals = [linear.weight.detach().clone() for linear in linears]
+            for linear in linears:
+                linear.weight.copy_(quantize_rtn(linear.weight, grid).dequantize().to(linear.weight.dtype))
+            divergences = [
+                kl_divergence(ref, log_softmax(model(ids, use_cache=False).logits[0].numpy()))
+                for ids, ref in zip(samples, reference, strict=True)
+            ]
+            result[unit] = float(np.concatenate(divergences).mean())
+            for linear, original in zip(linears, originals, strict=True):
+                linear.weight.copy_(original)
+    return result
+
+
+def choose_int8(
+    sensitivity: dict[tuple[str, ...], float],
+    sizes: dict[tuple[str, ...], int],
+    budget_bits: float,
+    promotable: list[tuple[str, ...]],
+) -> set[tuple[str, ...]]:
+    """The most sensitive units, taken in order of sensitivity, moved to int8 while the mean stays within budget.
+
+    >>> sorted(choose_int8({("a",): 0.9, ("b",): 0.5, ("c",): 0.1}, {("a",): 10, ("b",): 10, ("c",): 20}, 5.0,
+    ...                    [("a",), ("b",), ("c",)]))    # a: 4 + 4·10/40 = 5.0 bits; b would make 6.0
+    [('a',)]
+    """
+    total = sum(sizes.values())
+    spare = (budget_bits - 4.0) * total  # bits beyond all-int4 that the budget allows
+    chosen: set[tuple[str, ...]] = set()
+    for unit in sorted(promotable, key=lambda item: sensitivity[item], reverse=True):
+        extra = 4 * sizes[unit]
+        if extra <= spare + 1e-9:
+            chosen.add(unit)
+            spare -= extra
+    return chosen
+
+
+def mean_bits(bits: dict[tuple[str, ...], int], sizes: dict[tuple[str, ...], int]) -> float:
+    """Weight-count-weighted mean of the code bits (scales and zero points not counted)."""
+    return round(sum(bits[unit] * sizes[unit] for unit in sizes) / sum(sizes.values()), 4)
+
+
+def _round_in_place(model: Any, grids: dict[str, BlockGrid]) -> dict[str, QuantizedWeight]:
+    weights = {}
+    with torch.inference_mode():
+        for name, grid in grids.items():
+            linear = model.get_submodule(name)
+            weights[name] = quantize_rtn(linear.weight, grid)
+            linear.weight.copy_(weights[name].dequantize().to(linear.weight.dtype))
+    return weights
+
+
+def _has(model: Any, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
