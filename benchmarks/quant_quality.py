@@ -1,7 +1,7 @@
 """Weight quantization methods against the genai builder's default int4, per block size and model: bits per weight,
 package size, perplexity, KL, top-1, build time and peak memory, printed as a Markdown table.
 
-    python benchmarks/quant_quality.py                              # SmolLM2 and the miniature Phi-4-mini, 200 sequences
+    python benchmarks/quant_quality.py            # SmolLM2 and the miniature Phi-4-mini, 200 sequences
     python benchmarks/quant_quality.py --models smollm2 --blocks 32 --methods "gptq=--quant gptq"
 
 Each package is built by `phiexport build --target cpu` in its own process (peak RSS is that process's own, from

@@ -75,7 +75,7 @@ class QuantizationConfig(_Strict):
         if self.method == "k_quant" and self.symmetric:
             raise ValueError("k_quant always stores zero points; use method rtn for symmetric weights")
         if self.calibrated and self.precision != "int4":
-            raise ValueError(f"method {self.method} and mixed auto quantize to int4; set precision int4")
+            raise ValueError(f"method {self.method} with mixed {self.mixed} quantizes to int4; set precision int4")
         return self
 
     @property
@@ -189,7 +189,7 @@ class Recipe(_Strict):
                     f"choose one of {', '.join(target.precisions)}"
                 )
             if target.static_shapes and self.quantization.zero_points:
-                raise ValueError(f"target {name} runs symmetric rtn weights only (the HTP ignores zero points)")
+                raise ValueError(f"target {name} runs symmetric weights only (the HTP ignores zero points)")
         return self
 
     def with_overrides(self, overrides: dict[str, Any]) -> Recipe:

@@ -1,0 +1,30 @@
+import torch
+
+from phiexport.quantize.awq import activation_scales, search_input_scales
+from phiexport.quantize.grid import BlockGrid, quantize_rtn
+
+
+def test_scales_follow_mean_activation_and_are_normalized():
+    inputs = torch.tensor([[4.0, 0.1, 1.0], [-4.0, -0.1, 1.0]])
+    scales = activation_scales(inputs, 0.5)
+    assert torch.allclose(scales / scales[2], torch.tensor([2.0, 0.1**0.5, 1.0]))
+    assert float(scales.max() * scales.min()) == torch.tensor(1.0).item()
+
+
+def test_search_protects_the_channels_with_large_inputs():
+    torch.manual_seed(0)
+    inputs = torch.randn(2048, 128)
+    inputs[:, :4] *= 50  # outlier input channels
+    weights = [torch.randn(96, 128), torch.randn(64, 128)]
+    grids = [BlockGrid(bits=4, block_size=32, symmetric=True)] * 2
+
+    def output_error(scales):
+        total = 0.0
+        for weight, grid in zip(weights, grids, strict=True):
+            restored = quantize_rtn(weight * scales, grid).dequantize() / scales
+            total += float(((inputs @ (restored - weight).T) ** 2).mean())
+        return total
+
+    found = search_input_scales(inputs, weights, grids)
+    assert output_error(found) < 0.7 * output_error(torch.ones(128))
+    assert found[:4].min() > found[4:].max()  # the outlier channels get the finest steps

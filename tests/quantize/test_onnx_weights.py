@@ -1,0 +1,63 @@
+"""Packed codes run in onnxruntime exactly as the grid says they should."""
+
+import numpy as np
+import pytest
+import torch
+
+from phiexport.quantize.grid import BlockGrid, quantize_rtn
+from phiexport.quantize.onnx_weights import builder_weight, pack_matmul_nbits
+
+
+def matmul_nbits(inputs: np.ndarray, packed, scales, zero_points, *, bits: int, block: int, symmetric: bool):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rows, width = scales.shape[0], inputs.shape[1]
+    initializers = [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales, "scales")]
+    names = ["A", "B", "scales"]
+    if not symmetric:
+        initializers.append(numpy_helper.from_array(zero_points, "zero_points"))
+        names.append("zero_points")
+    node = helper.make_node(
+        "MatMulNBits", names, ["Y"], domain="com.microsoft", K=width, N=rows, bits=bits, block_size=block
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [None, width])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, rows])],
+        initializers,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    )
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"A": inputs})[0]
+
+
+@pytest.mark.parametrize(
+    ("bits", "block", "symmetric"), [(4, 32, True), (4, 128, True), (4, 32, False), (4, 128, False), (8, 32, True)]
+)
+def test_packed_weights_compute_what_the_grid_dequantizes_to(bits, block, symmetric):
+    torch.manual_seed(0)
+    weight = torch.randn(48, 160)  # K = 160: at block 128 the last block is short, like SmolLM2's 576
+    quantized = quantize_rtn(weight, BlockGrid(bits=bits, block_size=block, symmetric=symmetric))
+    inputs = np.random.default_rng(0).standard_normal((5, 160)).astype(np.float32)
+    output = matmul_nbits(inputs, *pack_matmul_nbits(quantized), bits=bits, block=block, symmetric=symmetric)
+    expected = inputs @ quantized.dequantize().numpy().T
+    np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_builder_nodes_stack_the_hf_linears_they_fuse():
+    grid = BlockGrid(bits=4, block_size=32, symmetric=True)
+    torch.manual_seed(0)
+    parts = {name: quantize_rtn(torch.randn(rows, 64), grid) for name, rows in (("q", 8), ("k", 4), ("v", 4))}
+    llama = {f"model.layers.3.self_attn.{name}_proj": weight for name, weight in parts.items()}
+    stacked = builder_weight("/model/layers.3/attn/qkv_proj/MatMul_Q4", llama)
+    assert torch.equal(stacked.codes, torch.cat([parts[name].codes for name in "qkv"]))
+
+    gate_up = quantize_rtn(torch.randn(16, 64), grid)
+    phi3 = {"model.layers.0.mlp.gate_up_proj": gate_up}
+    assert torch.equal(builder_weight("/model/layers.0/mlp/gate_proj/MatMul_Q4", phi3).codes, gate_up.codes[:8])
+    assert torch.equal(builder_weight("/model/layers.0/mlp/up_proj/MatMul_Q4", phi3).codes, gate_up.codes[8:])
+    assert builder_weight("/lm_head/MatMul_Q4", phi3) is None
