@@ -1,8 +1,8 @@
 """AWQ (Lin et al., 2023): scale each input channel of a group of linears by s = mean|x|^α before rounding, so the
 channels that carry large activations get finer steps; the division by s moves into the op that produces the input.
 
-Pure math on one group's inputs and weights; `layerwise.py` finds the groups and folds the scales. Written here
-because neural-compressor's AWQ runs on ONNX graphs (whole-graph sessions per layer) and AutoAWQ needs a GPU.
+Pure math on one group's inputs and weights; `layerwise.py` finds the groups and folds the scales. Written here to
+share GPTQ's layer driver and block grid (neural-compressor's GPTQ measured worse than ours, docs/quantization.md).
 
     >>> x = torch.tensor([[4.0, 0.1], [-4.0, 0.1]]); w = torch.tensor([[0.3, 0.9]])
     >>> s = activation_scales(x, 1.0); float(s[0] / s[1])          # α = 1: scales follow mean |x|
