@@ -109,9 +109,7 @@ def build(
     context_length: Annotated[int | None, typer.Option(help="npu: KV cache slots (longest sequence).")] = None,
     chunk: Annotated[int | None, typer.Option(help="npu: prompt tokens per prefill step.")] = None,
     precision: Annotated[str | None, typer.Option(help="Weights: int4, int8 or fp32.")] = None,
-    quant: Annotated[
-        str | None, typer.Option(help="Weight method: rtn, k_quant, or calibrated gptq or awq (int4).")
-    ] = None,
+    quant: Annotated[str | None, typer.Option(help="Weight method: rtn, k_quant, or calibrated gptq or awq.")] = None,
     mixed: Annotated[
         str | None, typer.Option(help="auto: measured int4/int8 mix within --mixed-bits; off: one width.")
     ] = None,

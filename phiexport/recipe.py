@@ -46,7 +46,7 @@ class QuantizationConfig(_Strict):
     """Weight-only quantization. int4/int8 become MatMulNBits; fp32 keeps float weights.
 
     rtn and k_quant round each weight on its own (the genai builder's quantizers); gptq and awq are calibrated on
-    `calibration:` text, one decoder layer at a time (phiexport.quantize.layerwise).
+    `calibration:` text, one decoder layer at a time (phiexport.quantize.layerwise). fp32 ignores the method.
     """
 
     precision: Precision = "int4"
@@ -74,14 +74,15 @@ class QuantizationConfig(_Strict):
     def _method_fits_symmetry(self) -> QuantizationConfig:
         if self.method == "k_quant" and self.symmetric:
             raise ValueError("k_quant always stores zero points; use method rtn for symmetric weights")
-        if self.calibrated and self.precision != "int4":
-            raise ValueError(f"method {self.method} with mixed {self.mixed} quantizes to int4; set precision int4")
+        if self.mixed == "auto" and self.precision != "int4":
+            raise ValueError("mixed auto keeps some int4 linears at int8; set precision int4")
         return self
 
     @property
     def calibrated(self) -> bool:
-        """True when quantization runs on calibration text (gptq, awq, or a measured int4/int8 mix)."""
-        return self.method in CALIBRATED_METHODS or self.mixed == "auto"
+        """True when integer weights are computed on calibration text (gptq, awq, or a measured int4/int8 mix);
+        float precisions keep their weights whatever the method."""
+        return self.is_integer and (self.method in CALIBRATED_METHODS or self.mixed == "auto")
 
     @property
     def is_integer(self) -> bool:

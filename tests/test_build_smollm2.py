@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smollm2_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     output = tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct"
-    result = run_cli("build", "-o", str(output), "--json")
+    result = run_cli("build", "-o", str(output), "--json", timeout=1800)
     assert result.returncode == 0, result.stderr
     return output / "cpu", json.loads(result.stdout)
 

@@ -60,7 +60,7 @@ def calibrate_weights(
     started = time.perf_counter()
     symmetric = not quant.zero_points
     units = quantization_units(model)
-    bits = {unit: 4 for unit in units}
+    bits = {unit: 4 if quant.precision == "int4" else 8 for unit in units}
     summary: dict[str, Any] = {"method": quant.method, "block_size": quant.block_size, "symmetric": symmetric}
     if quant.mixed == "auto":
         sensitivity = measure_sensitivity(model, units, BlockGrid(4, quant.block_size, symmetric), sequences)

@@ -79,3 +79,11 @@ def test_choose_int8_skips_a_unit_that_does_not_fit_and_takes_a_smaller_one():
     sizes = {("big",): 10, ("huge",): 100, ("small",): 10}
     # 4.75 bits over 120 weights allow 90 extra bits: big (40) fits, huge (400) does not, small (40) does
     assert choose_int8(sensitivity, sizes, 4.75, list(sizes)) == {("big",), ("small",)}
+
+
+def test_gptq_int8_quantizes_every_linear_at_8_bits(phi4_setup):
+    directory, calibration, held_out, reference = phi4_setup
+    model, _ = load(directory)
+    calibrated = calibrate_weights(model, calibration[:4], QuantizationConfig(method="gptq", precision="int8"))
+    assert {weight.grid.bits for weight in calibrated.weights.values()} == {8}
+    assert mean_kl(model, reference, held_out) < 1e-3
