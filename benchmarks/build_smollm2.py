@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from build_process import run_build
 
 VARIANTS = [
     "",  # the bundled recipe's CPU package: int4 RTN, block 32, symmetric
@@ -33,26 +31,14 @@ VARIANTS = [
 
 
 def build(flags: str, sequences: int, output: Path, cache: Path) -> dict:
-    command = [sys.executable, "-m", "phiexport", "build", "-o", str(output), "--target", "cpu", *flags.split()]
-    command += ["--eval-sequences", str(sequences), "--json"]
-    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        start = time.perf_counter()
-        process = subprocess.Popen(
-            command, stdout=stdout, stderr=stderr, env={**os.environ, "PHIEXPORT_CACHE": str(cache)}
-        )
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - start
-        stdout.seek(0)
-        stderr.seek(0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"build {flags!r} failed: {stderr.read().strip()}")
-        result = json.loads(stdout.read())
+    arguments = ["-o", str(output), "--target", "cpu", *flags.split(), "--eval-sequences", str(sequences)]
+    result, wall, peak_rss_gb = run_build(arguments, cache)
     package = Path(result["packages"]["cpu"])
     manifest = json.loads((package / "manifest.json").read_text())
     return {
         "variant": manifest["recipe"]["quantization"],
         "wall_s": wall,
-        "peak_rss_gb": usage.ru_maxrss / 1024**2,  # KiB on Linux
+        "peak_rss_gb": peak_rss_gb,
         "timings": result["timings_s"],
         "bytes": sum(p.stat().st_size for p in package.iterdir()),
         "metrics": result["metrics"]["cpu"],

@@ -12,13 +12,11 @@ against one torch fp32 reference on the same held-out GSM8K test sequences, so t
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from build_process import run_build
 
 REPO = Path(__file__).resolve().parents[1]
 # row label → build flags; the first row is the baseline every other row is compared with
@@ -33,25 +31,13 @@ METHODS = {
 
 
 def build(source: str, flags: str, output: Path, cache: Path) -> dict:
-    command = [sys.executable, "-m", "phiexport", "build", source, "-o", str(output), "--target", "cpu"]
-    command += [*flags.split(), "--eval-sequences", "1", "--json"]
-    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        start = time.perf_counter()
-        process = subprocess.Popen(
-            command, stdout=stdout, stderr=stderr, env={**os.environ, "PHIEXPORT_CACHE": str(cache)}
-        )
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - start
-        stdout.seek(0)
-        stderr.seek(0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"build {flags!r} failed: {stderr.read().strip()}")
-        result = json.loads(stdout.read())
+    arguments = [source, "-o", str(output), "--target", "cpu", *flags.split(), "--eval-sequences", "1"]
+    result, wall, peak_rss_gb = run_build(arguments, cache)
     package = Path(result["packages"]["cpu"])
     return {
         "package": package,
         "build_s": wall - result["timings_s"].get("verify", 0.0),
-        "peak_rss_gb": usage.ru_maxrss / 1024**2,  # KiB on Linux
+        "peak_rss_gb": peak_rss_gb,
         "bytes": sum(path.stat().st_size for path in package.iterdir()),
         "bits_per_weight": bits_per_weight(package / "model.onnx"),
     }
