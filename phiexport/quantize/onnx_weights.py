@@ -122,23 +122,14 @@ def pack_matmul_nbits(weight: QuantizedWeight) -> tuple[np.ndarray, np.ndarray, 
     return packed, weight.scales.numpy().astype(np.float32), zero_points
 
 
-def write_qdq_weights(model_path: Path, fp32_path: Path, weights: dict[str, QuantizedWeight]) -> int:
+def write_qdq_weights(model_path: Path, sources: dict[str, QuantizedWeight]) -> int:
     """Replace the int4/int8 blocked weights of the QDQ graph `model_path` (in place) with `weights`.
 
-    `fp32_path` is the graph before quantization: its MatMul weight `[K, N]` equal the transposed dequantized
-    weights, rows of one HF linear, which is how each is matched. Returns how many weights were replaced.
+    `sources` maps the float graph's weight names to calibrated weights (match_float_weights): the QDQ quantizer
+    names their integer forms `<name>_quantized` and `<name>_scale`. Returns how many weights were replaced.
     """
     import onnx
     from onnx import numpy_helper
-
-    rows_of = _row_index(weights)
-    float_graph = onnx.load(str(fp32_path))
-    sources = {}
-    for tensor in float_graph.graph.initializer:
-        array = numpy_helper.to_array(tensor)
-        if array.ndim == 2 and (found := _find_rows(array.T, rows_of, weights)) is not None:
-            sources[tensor.name] = found
-    del float_graph
 
     model = onnx.load(str(model_path))
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
@@ -147,7 +138,8 @@ def write_qdq_weights(model_path: Path, fp32_path: Path, weights: dict[str, Quan
         quantized, scale = initializers.get(f"{name}_quantized"), initializers.get(f"{name}_scale")
         if quantized is None or scale is None:
             continue
-        signed = weight.codes.to(torch.int16) - weight.zero_points.to(torch.int16)[:, _blocks_of(weight)]
+        blocks = torch.arange(weight.codes.shape[1]) // weight.grid.block_size
+        signed = weight.codes.to(torch.int16) - weight.zero_points.to(torch.int16)[:, blocks]
         dtype = onnx.TensorProto.INT4 if weight.grid.bits == 4 else onnx.TensorProto.INT8
         if quantized.data_type != dtype or not weight.grid.symmetric:
             raise BuildError(f"{name}: the QDQ graph holds another weight type than the calibrated one", "report a bug")
@@ -159,18 +151,18 @@ def write_qdq_weights(model_path: Path, fp32_path: Path, weights: dict[str, Quan
     return replaced
 
 
-def qdq_weight_bits(fp32_path: Path, weights: dict[str, QuantizedWeight]) -> dict[str, int]:
-    """Bits of each MatMul weight initializer of the float graph `fp32_path`, from the calibrated weight it holds."""
+def match_float_weights(fp32_path: Path, weights: dict[str, QuantizedWeight]) -> dict[str, QuantizedWeight]:
+    """The calibrated weight each 2-D initializer of the float graph `fp32_path` holds, by initializer name."""
     import onnx
     from onnx import numpy_helper
 
     rows_of = _row_index(weights)
-    result = {}
+    found = {}
     for tensor in onnx.load(str(fp32_path)).graph.initializer:
         array = numpy_helper.to_array(tensor)
-        if array.ndim == 2 and (found := _find_rows(array.T, rows_of, weights)) is not None:
-            result[tensor.name] = found.grid.bits
-    return result
+        if array.ndim == 2 and (weight := _find_rows(array.T, rows_of, weights)) is not None:
+            found[tensor.name] = weight
+    return found
 
 
 def _row_index(weights: dict[str, QuantizedWeight]) -> dict[bytes, tuple[str, int]]:
@@ -229,10 +221,6 @@ def _stack(parts: list[QuantizedWeight]) -> QuantizedWeight:
         torch.cat([part.zero_points for part in parts]),
         parts[0].grid,
     )
-
-
-def _blocks_of(weight: QuantizedWeight) -> torch.Tensor:
-    return torch.arange(weight.codes.shape[1]) // weight.grid.block_size
 
 
 def _save(model: Any, path: Path) -> None:

@@ -65,7 +65,7 @@ def build_npu_package(
     from phiexport.quantize.calibrated import calibrate_weights
     from phiexport.quantize.calibration import record_body_feeds
     from phiexport.quantize.cpu_side import quantize_cpu_graph
-    from phiexport.quantize.onnx_weights import qdq_weight_bits, write_qdq_weights
+    from phiexport.quantize.onnx_weights import match_float_weights, write_qdq_weights
     from phiexport.quantize.prepare import calibration_text, load_float_model
     from phiexport.quantize.rotation import rotate_decoder
     from phiexport.quantize.static_qdq import quantize_body
@@ -104,16 +104,16 @@ def build_npu_package(
     graphs = {name: package_dir / file for name, file in GRAPH_FILES.items()}
     with progress.stage("npu quantize", f"w{weight_bits} block {quant.block_size}, a16"):
         for kind in ("prefill", "decode"):
-            bits = qdq_weight_bits(fp32_graphs[kind], calibrated.weights) if calibrated else {}
+            sources = match_float_weights(fp32_graphs[kind], calibrated.weights) if calibrated else {}
             quantize_body(
                 fp32_graphs[kind],
                 feeds[kind],
                 graphs[kind],
                 weight_bits=weight_bits,
                 block_size=quant.block_size,
-                bits_by_weight=bits,
+                bits_by_weight={name: weight.grid.bits for name, weight in sources.items()},
             )
-            if calibrated and write_qdq_weights(graphs[kind], fp32_graphs[kind], calibrated.weights) != len(bits):
+            if sources and write_qdq_weights(graphs[kind], sources) != len(sources):
                 raise BuildError(f"not every calibrated weight reached the {kind} graph", "report a bug")
         del feeds
         for name in ("embeddings", "lm_head"):
