@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from phiexport.quantize.grid import BlockGrid, QuantizedWeight, quantize_rtn
-from phiexport.quantize.layerwise import quantize_layerwise
+from phiexport.quantize.layerwise import LayerCall, first_layer_calls, quantize_layerwise
 from phiexport.recipe import QuantizationConfig
 
 # Linears that read the same input share one bit width (the genai builder packs q/k/v into one MatMulNBits).
@@ -85,27 +85,40 @@ def calibrate_weights(
 def measure_sensitivity(
     model: Any, units: list[tuple[str, ...]], grid: BlockGrid, sequences: list[list[int]]
 ) -> dict[tuple[str, ...], float]:
-    """Mean KL(float ‖ model with only `unit` rounded to `grid`) over a few calibration conversations, per unit."""
-    samples = [torch.tensor([ids]) for ids in sequences[:SENSITIVITY_SEQUENCES]]
+    """Mean KL(float ‖ model with only `unit` rounded to `grid`) over a few calibration conversations, per unit.
 
-    def log_probs(ids: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(model(ids, use_cache=False).logits[0].float(), dim=-1)
+    Each layer's float inputs are kept while walking down the model, so a unit's trial runs only its own layer and
+    those after it (about half the model on average).
+    """
+    layers = model.model.layers
+    by_layer: dict[int, list[tuple[str, ...]]] = {}
+    for unit in units:
+        by_layer.setdefault(int(unit[0].split(".")[2]), []).append(unit)
 
+    def log_probs(index: int, calls: list[LayerCall]) -> list[torch.Tensor]:
+        for layer in layers[index:]:
+            calls = [call.through(layer) for call in calls]
+        return [torch.log_softmax(model.lm_head(model.model.norm(call.hidden))[0].float(), dim=-1) for call in calls]
+
+    result = {}
     with torch.inference_mode():
-        reference = [log_probs(ids) for ids in samples]
-        result = {}
-        for unit in units:
-            linears = [model.get_submodule(name) for name in unit]
-            originals = [linear.weight.detach().clone() for linear in linears]
-            for linear in linears:
-                linear.weight.copy_(quantize_rtn(linear.weight, grid).dequantize().to(linear.weight.dtype))
-            # KL(float ‖ rounded) in torch: numpy's float64 softmax over a 49k vocabulary cost 10× the forward pass
-            divergences = [
-                (ref.exp() * (ref - log_probs(ids))).sum(dim=-1) for ids, ref in zip(samples, reference, strict=True)
-            ]
-            result[unit] = float(torch.cat(divergences).mean())
-            for linear, original in zip(linears, originals, strict=True):
-                linear.weight.copy_(original)
+        calls = first_layer_calls(model, sequences[:SENSITIVITY_SEQUENCES])
+        reference = [(ref.exp(), (ref.exp() * ref).sum(dim=-1)) for ref in log_probs(0, calls)]  # p, Σ p log p
+        for index, layer in enumerate(layers):
+            for unit in by_layer.get(index, []):
+                linears = [model.get_submodule(name) for name in unit]
+                originals = [linear.weight.detach().clone() for linear in linears]
+                for linear in linears:
+                    linear.weight.copy_(quantize_rtn(linear.weight, grid).dequantize().to(linear.weight.dtype))
+                # KL(float ‖ rounded) in torch: numpy's float64 softmax over a 49k vocabulary cost 10× the forward
+                divergences = [
+                    p_log_p - (p * found).sum(dim=-1)
+                    for (p, p_log_p), found in zip(reference, log_probs(index, calls), strict=True)
+                ]
+                result[unit] = float(torch.cat(divergences).mean())
+                for linear, original in zip(linears, originals, strict=True):
+                    linear.weight.copy_(original)
+            calls = [call.through(layer) for call in calls]
     return result
 
 

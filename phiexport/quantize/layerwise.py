@@ -23,7 +23,6 @@ from phiexport.quantize.gptq import gptq_quantize
 from phiexport.quantize.grid import BlockGrid, QuantizedWeight, quantize_rtn
 
 Method = Literal["gptq", "awq"]
-AWQ_TOKENS = 4096  # inputs kept per group for AWQ's scale search (a random subset beyond this)
 
 
 @dataclass
@@ -32,6 +31,11 @@ class LayerCall:
 
     hidden: torch.Tensor
     kwargs: dict[str, Any]
+
+    def through(self, layer: Any) -> LayerCall:
+        """The call the next layer receives."""
+        output = layer(self.hidden, **self.kwargs)
+        return LayerCall(output[0] if isinstance(output, tuple) else output, self.kwargs)
 
 
 class _Captured(Exception):
@@ -53,7 +57,7 @@ def quantize_layerwise(
     layers = model.model.layers
     quantized: dict[str, QuantizedWeight] = {}
     with torch.inference_mode():
-        calls = _first_layer_calls(model, sequences)
+        calls = first_layer_calls(model, sequences)
         for index, layer in enumerate(layers):
             prefix = f"model.layers.{index}."
             layer_grids = {name[len(prefix) :]: grid for name, grid in grids.items() if name.startswith(prefix)}
@@ -70,13 +74,14 @@ def quantize_layerwise(
                         result = quantize_rtn(linear.weight, layer_grids[name], torch.diagonal(importance), search=True)
                     linear.weight.copy_(result.dequantize().to(linear.weight.dtype))
                     quantized[prefix + name] = result
-            calls = [LayerCall(_layer_output(layer(call.hidden, **call.kwargs)), call.kwargs) for call in calls]
+            calls = [call.through(layer) for call in calls]
             if on_layer:
                 on_layer(index + 1, len(layers))
     return quantized
 
 
-def _first_layer_calls(model: Any, sequences: list[list[int]]) -> list[LayerCall]:
+def first_layer_calls(model: Any, sequences: list[list[int]]) -> list[LayerCall]:
+    """What the first decoder layer receives for each sequence (the embedding and position inputs, run once)."""
     calls: list[LayerCall] = []
 
     def record(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -133,25 +138,36 @@ def _hessian(layer: Any, calls: list[LayerCall], name: str) -> torch.Tensor:
 def _apply_awq_scales(
     layer: Any, calls: list[LayerCall], groups: list[list[str]], grids: dict[str, BlockGrid], config: Any
 ) -> None:
-    """Search each group's input scales on this layer's float weights, then fold them (AutoAWQ's order)."""
-    inputs: dict[str, list[torch.Tensor]] = {group[0]: [] for group in groups}
-    generator = torch.Generator().manual_seed(0)
-    per_call = -(-AWQ_TOKENS // len(calls))
+    """Search each group's input scales on this layer's float weights, then fold them (AutoAWQ's order).
 
-    def keep(name: str, x: torch.Tensor) -> None:  # a random subset of each call's tokens bounds the memory
-        rows = x.reshape(-1, x.shape[-1])
-        inputs[name].append(rows[torch.randperm(rows.shape[0], generator=generator)[:per_call]])
+    One pass over the layer gathers every group's XᵀX and Σ|x| from all calibration tokens.
+    """
+    widths = {group[0]: layer.get_submodule(group[0]).in_features for group in groups}
+    grams = {name: torch.zeros(width, width) for name, width in widths.items()}
+    sums = {name: torch.zeros(width) for name, width in widths.items()}
+    counts = dict.fromkeys(widths, 0)
 
-    with _hooks(layer, set(inputs), keep):
+    def gather(name: str, x: torch.Tensor) -> None:
+        rows = x.reshape(-1, widths[name]).float()
+        grams[name] += rows.T @ rows
+        sums[name] += rows.abs().sum(dim=0)
+        counts[name] += rows.shape[0]
+
+    with _hooks(layer, set(widths), gather):
         for call in calls:
             layer(call.hidden, **call.kwargs)
     for group in groups:
         fold = _scale_folder(layer, group, config)
         if fold is None:
             continue
-        rows = torch.cat(inputs[group[0]])
+        count = max(counts[group[0]], 1)
         linears = [layer.get_submodule(name) for name in group]
-        scales = search_input_scales(rows, [linear.weight for linear in linears], [grids[name] for name in group])
+        scales = search_input_scales(
+            grams[group[0]] / count,
+            sums[group[0]] / count,
+            [linear.weight for linear in linears],
+            [grids[name] for name in group],
+        )
         for linear in linears:
             linear.weight.mul_(scales.to(linear.weight.dtype)[None, :])
         fold(scales)
@@ -200,10 +216,6 @@ def _divide_rows(linear: Any, rows: slice) -> Callable[[torch.Tensor], None]:
             linear.bias[rows].div_(scales.to(linear.bias.dtype))
 
     return fold
-
-
-def _layer_output(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
 
 
 @contextmanager

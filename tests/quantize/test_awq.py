@@ -1,12 +1,12 @@
 import torch
 
-from phiexport.quantize.awq import activation_scales, search_input_scales
+from phiexport.quantize.awq import ALPHAS, activation_scales, search_input_scales
 from phiexport.quantize.grid import BlockGrid, quantize_rtn
 
 
 def test_scales_follow_mean_activation_and_are_normalized():
     inputs = torch.tensor([[4.0, 0.1, 1.0], [-4.0, -0.1, 1.0]])
-    scales = activation_scales(inputs, 0.5)
+    scales = activation_scales(inputs.abs().mean(dim=0), 0.5)
     assert torch.allclose(scales / scales[2], torch.tensor([2.0, 0.1**0.5, 1.0]))
     assert float(scales.max() * scales.min()) == torch.tensor(1.0).item()
 
@@ -25,6 +25,23 @@ def test_search_protects_the_channels_with_large_inputs():
             total += float(((inputs @ (restored - weight).T) ** 2).mean())
         return total
 
-    found = search_input_scales(inputs, weights, grids)
+    found = search_input_scales(inputs.T @ inputs / len(inputs), inputs.abs().mean(dim=0), weights, grids)
     assert output_error(found) < 0.7 * output_error(torch.ones(128))
     assert found[:4].min() > found[4:].max()  # the outlier channels get the finest steps
+
+
+def test_search_through_the_gram_matrix_picks_what_a_search_over_the_tokens_picks():
+    torch.manual_seed(1)
+    inputs = torch.randn(1024, 64) * torch.linspace(0.1, 8.0, 64)
+    weights, grids = [torch.randn(32, 64)], [BlockGrid(bits=4, block_size=16, symmetric=True)]
+    mean_abs = inputs.abs().mean(dim=0)
+
+    def output_error(alpha):
+        scales = activation_scales(mean_abs, alpha) if alpha else torch.ones(64)
+        restored = quantize_rtn(weights[0] * scales, grids[0]).dequantize() / scales
+        return float(((inputs @ (restored - weights[0]).T) ** 2).sum())
+
+    best = min(ALPHAS, key=output_error)
+    expected = activation_scales(mean_abs, best) if best else torch.ones(64)
+    assert best > 0
+    assert torch.equal(search_input_scales(inputs.T @ inputs / len(inputs), mean_abs, weights, grids), expected)

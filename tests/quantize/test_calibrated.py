@@ -7,7 +7,8 @@ import torch
 
 from phiexport.evaluate.data import calibration_sequences
 from phiexport.evaluate.metrics import kl_divergence, log_softmax
-from phiexport.quantize.calibrated import calibrate_weights, choose_int8, quantization_units
+from phiexport.quantize.calibrated import calibrate_weights, choose_int8, measure_sensitivity, quantization_units
+from phiexport.quantize.grid import BlockGrid, quantize_rtn
 from phiexport.recipe import QuantizationConfig
 
 
@@ -72,6 +73,25 @@ def test_mixed_auto_promotes_the_most_sensitive_units_within_budget(mini_phi4):
     for unit in quantization_units(model):
         bits = {calibrated.weights[name].grid.bits for name in unit}
         assert bits == ({8} if ", ".join(unit) in promoted else {4})
+
+
+def test_sensitivity_is_the_kl_of_the_whole_model_with_one_unit_rounded(phi4_setup):
+    directory, _, held_out, reference = phi4_setup
+    model, _ = load(directory)
+    units = quantization_units(model)
+    grid = BlockGrid(4, 32, symmetric=True)
+    measured = measure_sensitivity(model, units, grid, held_out)
+    for unit in (units[0], units[-1]):  # the first layer's q/k/v and the last layer's down projection
+        trial, _ = load(directory)
+        with torch.inference_mode():
+            for name in unit:
+                linear = trial.get_submodule(name)
+                linear.weight.copy_(quantize_rtn(linear.weight, grid).dequantize())
+        with torch.inference_mode():
+            outputs = [trial(torch.tensor([ids])).logits[0].numpy() for ids in held_out]
+        per_token = [kl_divergence(log_softmax(r), log_softmax(o)) for r, o in zip(reference, outputs, strict=True)]
+        assert measured[unit] == pytest.approx(float(np.concatenate(per_token).mean()), rel=1e-4)
+    assert all(value > 0 for value in measured.values())
 
 
 def test_choose_int8_skips_a_unit_that_does_not_fit_and_takes_a_smaller_one():
