@@ -21,8 +21,8 @@ from build_process import run_build
 REPO = Path(__file__).resolve().parents[1]
 # row label → build flags; the first row is the baseline every other row is compared with
 METHODS = {
-    "builder default int4 (baseline)": "",
-    "rtn asym": "--asymmetric",
+    "builder default int4 (baseline)": "--quant rtn",
+    "rtn asym": "--quant rtn --asymmetric",
     "k_quant": "--quant k_quant",
     "awq": "--quant awq",
     "gptq": "--quant gptq",
