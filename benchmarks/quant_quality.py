@@ -110,13 +110,14 @@ def main() -> None:
         scratch = Path(scratch_name)
         cache = scratch / "cache"
         for model, source in model_sources(args.models, scratch).items():
+            checkpoint = checkpoint_dir(source, cache)  # a GGUF is dequantized here, outside every timed build
             for block in args.blocks:
                 built = {}
                 for label, flags in methods.items():
                     output = scratch / f"{len(built)}-{block}-{model.replace(' ', '_')}"
                     built[label] = build(source, f"{flags} --block-size {block}", output, cache)
                 metrics = score(
-                    checkpoint_dir(source, cache),
+                    checkpoint,
                     {label: row["package"] for label, row in built.items()},
                     args.sequences,
                 )
