@@ -11,10 +11,14 @@ import time
 from pathlib import Path
 
 
+class BuildFailed(Exception):
+    """The build exited non-zero; the message is its one-line error."""
+
+
 def run_build(arguments: list[str], cache: Path) -> tuple[dict, float, float]:
     """`phiexport build ARGUMENTS --json` with PHIEXPORT_CACHE=cache: (its JSON result, wall s, peak RSS GB).
 
-    Peak RSS is the build process's own (os.wait4); a failed build stops the benchmark with the build's stderr.
+    Peak RSS is the build process's own (os.wait4); a failed build raises BuildFailed with the build's error.
     """
     command = [sys.executable, "-m", "phiexport", "build", *arguments, "--json"]
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
@@ -27,5 +31,5 @@ def run_build(arguments: list[str], cache: Path) -> tuple[dict, float, float]:
         stdout.seek(0)
         stderr.seek(0)
         if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"build {' '.join(arguments)!r} failed: {stderr.read().strip()}")
+            raise BuildFailed(stderr.read().strip().splitlines()[-1])
         return json.loads(stdout.read()), wall, usage.ru_maxrss / 1024**2  # KiB on Linux

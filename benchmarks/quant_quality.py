@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from build_process import run_build
+from build_process import BuildFailed, run_build
 
 REPO = Path(__file__).resolve().parents[1]
 # row label → build flags; the first row is the baseline every other row is compared with
@@ -112,10 +112,13 @@ def main() -> None:
         for model, source in model_sources(args.models, scratch).items():
             checkpoint = checkpoint_dir(source, cache)  # a GGUF is dequantized here, outside every timed build
             for block in args.blocks:
-                built = {}
-                for label, flags in methods.items():
-                    output = scratch / f"{len(built)}-{block}-{model.replace(' ', '_')}"
-                    built[label] = build(source, f"{flags} --block-size {block}", output, cache)
+                built, refused = {}, {}
+                for index, (label, flags) in enumerate(methods.items()):
+                    output = scratch / f"{index}-{block}-{model.replace(' ', '_')}"
+                    try:
+                        built[label] = build(source, f"{flags} --block-size {block}", output, cache)
+                    except BuildFailed as failure:  # a combination the tool refuses is a result too
+                        refused[label] = str(failure)
                 metrics = score(
                     checkpoint,
                     {label: row["package"] for label, row in built.items()},
@@ -131,6 +134,8 @@ def main() -> None:
                         f"{found['kl_mean'] / baseline:.2f}× | {row['build_s']:.0f} | {row['peak_rss_gb']:.2f} |",
                         flush=True,
                     )
+                for label, reason in refused.items():
+                    print(f"| {model} | {label} | {block} | refused: {reason} |" + " |" * 8, flush=True)
                 print(f"<!-- {model} block {block}: {found['tokens']} tokens scored -->", flush=True)
 
 
