@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from phiexport import __version__
-from phiexport.errors import Interrupted, PhiexportError, UsageError
+from phiexport.errors import GateFailed, Interrupted, PhiexportError, UsageError
 from phiexport.interrupts import interruptible, was_interrupted
 
 app = typer.Typer(
@@ -40,8 +40,13 @@ def _stderr_console() -> Console:
 
 
 def _report(error: PhiexportError, as_json: bool) -> None:
-    message = str(error).replace("\n", " ")
-    print(f"error: {message}", file=sys.stderr)
+    if isinstance(error, GateFailed):  # one line per failed gate, then where the withheld packages are
+        for line in error.lines:
+            print(line, file=sys.stderr)
+        print(f"error: packages withheld — fix: {error.fix}", file=sys.stderr)
+    else:
+        message = str(error).replace("\n", " ")
+        print(f"error: {message}", file=sys.stderr)
     if as_json:
         print(json.dumps({"error": {"cause": error.cause, "fix": error.fix, "exit_code": error.exit_code}}))
 
@@ -133,6 +138,11 @@ def build(
         bool, typer.Option("--trust-remote-code", help="Allow the checkpoint's own Python code.")
     ] = False,
     eval_sequences: Annotated[int | None, typer.Option(help="Held-out sequences scored in the build check.")] = None,
+    max_kl: Annotated[float | None, typer.Option(help="Gate: largest mean KL a published package may have.")] = None,
+    min_top1: Annotated[float | None, typer.Option(help="Gate: smallest top-1 agreement (0-1).")] = None,
+    max_ppl_ratio: Annotated[
+        float | None, typer.Option(help="Gate: largest perplexity ratio to the reference.")
+    ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder [packages/<recipe>].")] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing output folder, once the new build succeeded.")
@@ -140,7 +150,9 @@ def build(
     as_json: JsonFlag = False,
     debug: DebugFlag = False,
 ) -> None:
-    """Build one verified package per target (default: the embedded SmolLM2-135M-Instruct, CPU int4 and NPU w4a16)."""
+    """Build one verified package per target (default: the embedded SmolLM2-135M-Instruct, CPU int4 and NPU w4a16).
+
+    Packages that fail the recipe's accuracy gates are withheld in OUTPUT.rejected/ and the exit code is 4."""
     with _reported_errors(as_json, debug):
         from phiexport.recipe import load_recipe, recipe_for_source
 
@@ -169,6 +181,7 @@ def build(
             ),
             "calibration": _given(sequences=calibration_sequences),
             "evaluation": _given(sequences=eval_sequences),
+            "gates": _given(max_kl=max_kl, min_top1=min_top1, max_ppl_ratio=max_ppl_ratio),
             "npu": _given(socs=tuple(soc) if soc else None, context_length=context_length, chunk=chunk),
         }
         if target:

@@ -4,10 +4,13 @@ Exit codes (documented in README.md):
   1  the build itself failed (builder crash, package that does not load)
   2  usage: a bad flag, recipe key or value, a missing path, an output that already exists
   3  the source checkpoint cannot be used (unsupported architecture, corrupt or unsafe files, not reachable)
+  4  a package failed its accuracy gates; the build is withheld in `<output>.rejected/`
   130 interrupted (Ctrl-C or SIGTERM)
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class PhiexportError(Exception):
@@ -40,6 +43,19 @@ class BuildError(PhiexportError):
     """A stage failed on valid input; the log named in the fix has the details."""
 
     exit_code = 1
+
+
+class GateFailed(PhiexportError):
+    """Packages were built but measured worse than the recipe's gates allow; `lines` are the failed gates."""
+
+    exit_code = 4
+
+    def __init__(self, lines: list[str], rejected: Path):
+        super().__init__(
+            "; ".join(lines), f"inspect {rejected} (withheld, not published), then fix the recipe or relax its gates"
+        )
+        self.lines = lines
+        self.rejected = rejected
 
 
 class Interrupted(PhiexportError):

@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phiexport.errors import BuildError
+from phiexport.errors import BuildError, GateFailed
+from phiexport.evaluate.gates import check_gates, gates_report
 from phiexport.evaluate.verify import verify_packages
 from phiexport.export.capture import output_to_log
 from phiexport.export.genai_builder import export_with_builder, stage_checkpoint
 from phiexport.interrupts import deferred
 from phiexport.package.card import write_model_card
 from phiexport.package.manifest import write_manifest
-from phiexport.package.publish import staged_output
+from phiexport.package.publish import rejected_path, staged_output
 from phiexport.progress import StageProgress
 from phiexport.quantize.onnx_weights import write_matmul_nbits
 from phiexport.quantize.prepare import prepare_checkpoint
@@ -128,9 +129,13 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
                 track=progress.track,
             )
 
+        failures = {
+            name: check_gates(reports[name]["metrics"], recipe.gates, f"{name}-{quant.precision}") for name in packages
+        }
         with progress.stage("package"):
             for name, package_dir in packages.items():
                 target = TARGETS[name]
+                reports[name]["gates"] = gates_report(recipe.gates, failures[name])
                 report_text = json.dumps(reports[name], indent=2) + "\n"
                 (package_dir / "report.json").write_text(report_text, encoding="utf-8")
                 write_model_card(
@@ -142,6 +147,8 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
                     weights=weights[name],
                 )
                 write_manifest(package_dir, recipe=recipe, checkpoint=checkpoint, target=target, weights=weights[name])
+        if failed := [str(failure) for found in failures.values() for failure in found]:
+            raise GateFailed(failed, rejected_path(output))
 
     return BuildResult(
         output=output,

@@ -120,6 +120,21 @@ class CalibrationConfig(_Strict):
     seed: int = Field(0, ge=0, description="Seed of the draw (same seed, same package)")
 
 
+class GatesConfig(_Strict):
+    """Limits a package must meet to be published as good (phiexport.evaluate.gates); null turns one off.
+
+    The defaults catch a broken package (scrambled scales, 2-bit weights: KL of several nats) and let any working
+    int4 package through; recipes for known models set tighter ones.
+    """
+
+    max_kl: float | None = Field(1.0, gt=0, description="Largest mean KL(reference ‖ package)")
+    min_top1: float | None = Field(None, ge=0, le=1, description="Smallest top-1 agreement with the reference")
+    max_ppl_ratio: float | None = Field(2.0, ge=1, description="Largest perplexity ratio package / reference")
+    min_answer_agreement: float | None = Field(
+        None, ge=0, le=1, description="Smallest share of GSM8K final answers equal to the reference's"
+    )
+
+
 class NpuConfig(_Strict):
     """Shape of the static NPU pipeline (Phi Silica-style) and the SoCs it is compiled for."""
 
@@ -165,6 +180,7 @@ class Recipe(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     npu: NpuConfig = NpuConfig()
+    gates: GatesConfig = GatesConfig()
 
     @field_validator("targets")
     @classmethod

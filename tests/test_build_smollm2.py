@@ -70,6 +70,11 @@ def test_report_measures_the_package_against_the_reference(smollm2_build):
     assert metrics["kl_p99"] > metrics["kl_mean"]
     assert metrics["top1_agreement"] > 0.82
     assert len(report["greedy"]["prompts"]) == 3
+    assert report["gates"] == {
+        "limits": {"max_kl": 0.15, "min_top1": 0.8, "max_ppl_ratio": 1.15},
+        "passed": True,
+        "failed": [],
+    }
     assert summary["metrics"]["cpu"] == metrics
     assert "KL(reference ‖ package)" in (package / "README.md").read_text()
 

@@ -41,11 +41,22 @@ assistant tokens), {target.evaluated_on}.
 | top-1 agreement | {metrics["top1_agreement"]:.2%} |
 | greedy generation, first differing token | {greedy_line} |
 
+{_gates_line(report.get("gates"))}
+
 `report.json` has every figure; `manifest.json` the sha256 of every file, the recipe and the tool versions.
 
 {_run_section(package_dir.name, weights) if target.static_shapes else _genai_run_section(package_dir.name)}
 """
     (package_dir / "README.md").write_text(card, encoding="utf-8")
+
+
+def _gates_line(gates: dict[str, Any] | None) -> str:
+    if not gates:
+        return "No accuracy gates were checked."
+    limits = ", ".join(f"{gate} {limit:g}" for gate, limit in gates["limits"].items()) or "none set"
+    if gates["passed"]:
+        return f"Accuracy gates passed ({limits})."
+    return f"**REJECTED — accuracy gates failed** ({limits}): " + "; ".join(gates["failed"]) + "."
 
 
 def _genai_run_section(name: str) -> str:

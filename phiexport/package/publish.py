@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from phiexport.errors import UsageError
+from phiexport.errors import GateFailed, UsageError
 from phiexport.interrupts import raise_if_interrupted
 
 
@@ -41,9 +41,15 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def rejected_path(output: Path) -> Path:
+    """Where a build whose packages failed their gates is kept for inspection, never at `output` itself."""
+    return output.with_name(f"{output.name}.rejected")
+
+
 @contextmanager
 def staged_output(output: Path, *, force: bool) -> Iterator[Path]:
-    """Yield an empty staging directory; on clean exit it becomes `output`, on any exception it disappears.
+    """Yield an empty staging directory; on clean exit it becomes `output`, on any exception it disappears,
+    except that a build failing its gates becomes `rejected_path(output)` (replacing an older one).
 
     With `force`, an existing output is swapped out only after the new one is complete.
     """
@@ -54,12 +60,19 @@ def staged_output(output: Path, *, force: bool) -> Iterator[Path]:
     try:
         yield staging
         raise_if_interrupted()
-        if output.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-            os.replace(output, retired / output.name)
-            os.replace(staging, output)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, output)
+        _swap_into(staging, output)
+    except GateFailed as failed:
+        _swap_into(staging, failed.rejected)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_into(staging: Path, destination: Path) -> None:
+    if destination.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
+        os.replace(destination, retired / destination.name)
+        os.replace(staging, destination)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, destination)

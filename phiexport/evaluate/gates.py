@@ -1,0 +1,62 @@
+"""Regression gates: limits on a package's measured accuracy. A package over any limit is not published as good.
+
+>>> failures = check_gates({"kl_mean": 0.091, "top1_agreement": 0.9}, GatesConfig(max_kl=0.05), "cpu-int4")
+>>> [str(failure) for failure in failures]
+['gate failed: kl_mean 0.091 > 0.05 (cpu-int4)']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from phiexport.errors import UsageError
+from phiexport.recipe import GatesConfig
+
+# gate → (metric it limits, True when the limit is a maximum)
+GATE_METRICS = {
+    "max_kl": ("kl_mean", True),
+    "min_top1": ("top1_agreement", False),
+    "max_ppl_ratio": ("ppl_ratio", True),
+    "min_answer_agreement": ("answer_agreement", False),
+}
+
+
+@dataclass(frozen=True)
+class GateFailure:
+    package: str
+    metric: str
+    value: float
+    limit: float
+    is_maximum: bool
+
+    def __str__(self) -> str:
+        relation = ">" if self.is_maximum else "<"
+        return f"gate failed: {self.metric} {self.value:.3g} {relation} {self.limit:g} ({self.package})"
+
+
+def check_gates(metrics: dict[str, Any], gates: GatesConfig, package: str) -> list[GateFailure]:
+    """Every limit of `gates` that `metrics` crosses; a gate on a metric that was not measured is a usage error."""
+    failures = []
+    for gate, limit in gates.model_dump().items():
+        if limit is None:
+            continue
+        metric, is_maximum = GATE_METRICS[gate]
+        if metric not in metrics:
+            raise UsageError(
+                f"gate {gate} needs {metric}, which was not measured for {package}",
+                "measure it (GSM8K answers: phiexport eval) or remove the gate",
+            )
+        value = float(metrics[metric])
+        if (value > limit) if is_maximum else (value < limit):
+            failures.append(GateFailure(package, metric, value, limit, is_maximum))
+    return failures
+
+
+def gates_report(gates: GatesConfig, failures: list[GateFailure]) -> dict[str, Any]:
+    """The `gates` entry of report.json."""
+    return {
+        "limits": {gate: limit for gate, limit in gates.model_dump().items() if limit is not None},
+        "passed": not failures,
+        "failed": [str(failure) for failure in failures],
+    }
