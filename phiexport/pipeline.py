@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from phiexport.errors import BuildError, GateFailed
-from phiexport.evaluate.gates import check_gates, gates_report
+from phiexport.evaluate.gates import check_gates, check_gates_measurable, gates_report
 from phiexport.evaluate.verify import verify_packages
 from phiexport.export.capture import output_to_log
 from phiexport.export.genai_builder import export_with_builder, stage_checkpoint
@@ -42,6 +42,9 @@ class BuildResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+BUILD_METRICS = ("kl_mean", "top1_agreement", "ppl_ratio")  # what the build's check measures, so what it can gate
+
+
 def cache_root() -> Path:
     """Where dequantized GGUF checkpoints are kept between builds: $PHIEXPORT_CACHE or ~/.cache/phiexport."""
     if configured := os.environ.get("PHIEXPORT_CACHE"):
@@ -56,6 +59,7 @@ def build(recipe: Recipe, output: Path, *, force: bool = False, progress: StageP
     """
     progress = progress or StageProgress()
     output = output.absolute()
+    check_gates_measurable(recipe.gates, BUILD_METRICS)
     log_fd, log_name = tempfile.mkstemp(prefix="phiexport-build-", suffix=".log")
     os.close(log_fd)
     log_path = Path(log_name)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,18 +36,26 @@ class GateFailure:
         return f"gate failed: {self.metric} {self.value:.3g} {relation} {self.limit:g} ({self.package})"
 
 
+def check_gates_measurable(gates: GatesConfig, measured: Iterable[str]) -> None:
+    """Refuse, before any work, a gate on a metric the check about to run does not measure."""
+    measured = set(measured)
+    for gate, limit in gates.model_dump().items():
+        metric = GATE_METRICS[gate][0]
+        if limit is not None and metric not in measured:
+            raise UsageError(
+                f"gate {gate} needs {metric}, which this check does not measure",
+                f"remove gates.{gate}; this check measures {', '.join(sorted(measured))}",
+            )
+
+
 def check_gates(metrics: dict[str, Any], gates: GatesConfig, package: str) -> list[GateFailure]:
     """Every limit of `gates` that `metrics` crosses; a gate on a metric that was not measured is a usage error."""
+    check_gates_measurable(gates, metrics)
     failures = []
     for gate, limit in gates.model_dump().items():
         if limit is None:
             continue
         metric, is_maximum = GATE_METRICS[gate]
-        if metric not in metrics:
-            raise UsageError(
-                f"gate {gate} needs {metric}, which was not measured for {package}",
-                "measure it (GSM8K answers: phiexport eval) or remove the gate",
-            )
         value = float(metrics[metric])
         if (value > limit) if is_maximum else (value < limit):
             failures.append(GateFailure(package, metric, value, limit, is_maximum))

@@ -33,6 +33,17 @@ def test_a_gate_on_an_unmeasured_metric_is_refused():
         check_gates(METRICS, GatesConfig(min_answer_agreement=0.9), "cpu-int4")
 
 
+def test_a_build_refuses_a_gate_it_cannot_measure_before_any_work(mini_phi4, tmp_path):
+    recipe = tmp_path / "gated.yaml"
+    recipe.write_text(
+        f"version: 1\nname: gated\nsource: {{model: {mini_phi4}}}\ngates: {{min_answer_agreement: 0.9}}\n"
+    )
+    result = run_cli("build", "-r", str(recipe), "-o", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "gate min_answer_agreement needs answer_agreement" in error_lines(result)[-1]
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_build_over_its_gate_exits_4_and_is_withheld(mini_phi4, tmp_path):
     output = tmp_path / "packages"
     result = run_cli("build", str(mini_phi4), "-o", str(output), "--eval-sequences", "4", "--max-kl", "1e-9", "--json")
