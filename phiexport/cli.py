@@ -40,10 +40,10 @@ def _stderr_console() -> Console:
 
 
 def _report(error: PhiexportError, as_json: bool) -> None:
-    if isinstance(error, GateFailed):  # one line per failed gate, then where the withheld packages are
+    if isinstance(error, GateFailed):  # one line per failed gate, then what became of the packages
         for line in error.lines:
             print(line, file=sys.stderr)
-        print(f"error: packages withheld — fix: {error.fix}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
     else:
         message = str(error).replace("\n", " ")
         print(f"error: {message}", file=sys.stderr)
@@ -57,16 +57,16 @@ def _fail(error: PhiexportError, as_json: bool) -> NoReturn:
 
 
 @contextmanager
-def _reported_errors(as_json: bool, debug: bool) -> Iterator[None]:
+def _reported_errors(as_json: bool, debug: bool, interrupted_fix: str | None = None) -> Iterator[None]:
     """Every failure leaves as one `error: <cause> — fix: <fix>` line and its exit code (see errors.py)."""
     try:
         with interruptible():
             yield
     except KeyboardInterrupt:
-        _exit_interrupted(as_json)
+        _exit_interrupted(as_json, interrupted_fix)
     except Exception as exc:
         if was_interrupted():
-            _exit_interrupted(as_json)
+            _exit_interrupted(as_json, interrupted_fix)
         if debug:
             raise
         _fail(_as_user_error(exc), as_json)
@@ -82,13 +82,13 @@ def _as_user_error(exc: Exception) -> PhiexportError:
     return PhiexportError(f"internal error {type(exc).__name__}: {exc}", "rerun with --debug and report it")
 
 
-def _exit_interrupted(as_json: bool) -> NoReturn:
+def _exit_interrupted(as_json: bool, fix: str | None = None) -> NoReturn:
     """Report the interrupt and leave at once with 130; every staging folder is already removed by now.
 
     Skipping interpreter finalization is deliberate: an interrupt that lands inside a C extension's import (torch,
     onnx) made CPython exit with -2 (its unhandled-KeyboardInterrupt flag) or crash with -11 while finalizing.
     """
-    error = Interrupted("interrupted", "run the command again; nothing was published")
+    error = Interrupted("interrupted", fix or "run the command again; nothing was published")
     _report(error, as_json)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -229,6 +229,138 @@ def build(
         stdout = Console()
         stdout.print(table)
         stdout.print(f'run it: phiexport run {first} "Hello"    inspect it: phiexport inspect {first}')
+
+
+@app.command("eval")
+def evaluate(
+    packages: Annotated[
+        list[Path], typer.Argument(help="Package folders (packages/<recipe>/cpu) or whole build outputs.")
+    ],
+    reference: Annotated[
+        str | None,
+        typer.Option(help="Reference model: HF directory, .gguf or Hub id. Default: the packages' own source."),
+    ] = None,
+    revision: Annotated[str | None, typer.Option(help="Hub branch, tag or commit of --reference.")] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option("--trust-remote-code", help="Allow the reference's own Python code.")
+    ] = False,
+    recipe: Annotated[
+        str | None,
+        typer.Option("--recipe", "-r", help="Take settings and gates from this recipe, not the first package's."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Report folder [reports/<recipe>]; an earlier report there is resumed."),
+    ] = None,
+    sequences: Annotated[int | None, typer.Option(help="Held-out conversations scored teacher-forced.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Each scored conversation is cut to this many tokens.")] = None,
+    limit: Annotated[int | None, typer.Option(help="GSM8K problems answered greedily (0: skip the task).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Draw the GSM8K problems with this seed [file order].")] = None,
+    sim_problems: Annotated[
+        int | None, typer.Option(help="Of those, answered on the HTP simulator too (slow: ~1 token/s) [0].")
+    ] = None,
+    new_tokens: Annotated[
+        int | None, typer.Option(help="New-token budget per answer; reasoning models think first, so raise it.")
+    ] = None,
+    npu_device: Annotated[
+        list[str] | None,
+        typer.Option(help="Where NPU packages run, repeatable: cpu (CPU EP), htp-sim (HTP simulator) [both]."),
+    ] = None,
+    max_kl: Annotated[float | None, typer.Option(help="Gate: largest mean KL.")] = None,
+    min_top1: Annotated[float | None, typer.Option(help="Gate: smallest top-1 agreement (0-1).")] = None,
+    max_ppl_ratio: Annotated[float | None, typer.Option(help="Gate: largest perplexity ratio.")] = None,
+    min_answer_agreement: Annotated[
+        float | None, typer.Option(help="Gate: smallest share of GSM8K answers equal to the reference's (0-1).")
+    ] = None,
+    as_json: JsonFlag = False,
+    debug: DebugFlag = False,
+) -> None:
+    """Score packages side by side against their reference: perplexity, KL, top-1, greedy and GSM8K agreement.
+
+    Writes report.json, report.md and PNG plots. Packages that miss a gate make the exit code 4. Every scored item is
+    kept under OUTPUT/raw/ as it is scored: after Ctrl-C, the same command resumes where it stopped."""
+    resume = "run the same command again: it resumes from what was scored"
+    with _reported_errors(as_json, debug, interrupted_fix=resume):
+        from phiexport.evaluate.compare import NPU_DEVICES
+        from phiexport.evaluate.run import run_eval
+        from phiexport.progress import StageProgress
+        from phiexport.recipe import SourceConfig, load_recipe
+
+        devices = tuple(npu_device or NPU_DEVICES)
+        if unknown := sorted(set(devices) - set(NPU_DEVICES)):
+            raise UsageError(f"unknown --npu-device {', '.join(unknown)}", f"choose from {', '.join(NPU_DEVICES)}")
+        overrides = {
+            "evaluation": _given(
+                sequences=sequences,
+                max_tokens=max_tokens,
+                problems=limit,
+                problem_seed=seed,
+                simulator_problems=sim_problems,
+                answer_tokens=new_tokens,
+            ),
+            "gates": _given(
+                max_kl=max_kl,
+                min_top1=min_top1,
+                max_ppl_ratio=max_ppl_ratio,
+                min_answer_agreement=min_answer_agreement,
+            ),
+        }
+        settings = load_recipe(recipe) if recipe is not None else None
+        source = None
+        if reference is not None:
+            source = SourceConfig(model=reference, revision=revision, trust_remote_code=trust_remote_code)
+        destination = output or Path("reports") / _report_name(packages, settings)
+        console = None if as_json else _stderr_console()
+        progress = StageProgress(console)
+        try:
+            markdown, evaluation = run_eval(
+                packages,
+                output=destination,
+                recipe=settings,
+                overrides=overrides,
+                reference=source,
+                npu_devices=devices,
+                progress=progress,
+            )
+        finally:
+            progress.close()
+        if as_json:
+            print(json.dumps({"report": str(markdown), **evaluation.report}, indent=2))
+            return
+        _print_card(evaluation.report)
+        Console().print(f"report: {markdown}")
+
+
+def _report_name(packages: list[Path], recipe: Any) -> str:
+    """reports/<recipe name> of the first package (or of --recipe)."""
+    if recipe is not None:
+        return str(recipe.name)
+    from phiexport.evaluate.compare import find_subjects
+    from phiexport.package.manifest import read_manifest
+
+    first = find_subjects(packages[:1], ("cpu",))[0]
+    return str(read_manifest(first.package_dir)["recipe"]["name"])
+
+
+def _print_card(report: dict[str, Any]) -> None:
+    table = Table(title=f"{report['reference']['model']}: {report['data']['tokens']:,} tokens scored")
+    table.add_column("package", no_wrap=True)
+    for column in ("ppl ratio", "KL mean", "KL p99", "top-1", "GSM8K", "= ref", "s/problem", "gates"):
+        table.add_column(column)
+    for row in report["packages"]:
+        m, t = row["metrics"], row["task"]
+        table.add_row(
+            row["label"],
+            f"{m['ppl_ratio']:.3f}",
+            f"{m['kl_mean']:.4f}",
+            f"{m['kl_p99']:.3f}",
+            f"{m['top1_agreement']:.1%}",
+            f"{t['accuracy']:.0%}" if t else "–",
+            f"{t['answer_agreement']:.0%}" if t else "–",
+            f"{t['seconds_per_problem']}" if t else "–",
+            "pass" if row["gates"]["passed"] else "FAIL",
+        )
+    Console().print(table)
 
 
 @app.command()

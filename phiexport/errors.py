@@ -4,13 +4,11 @@ Exit codes (documented in README.md):
   1  the build itself failed (builder crash, package that does not load)
   2  usage: a bad flag, recipe key or value, a missing path, an output that already exists
   3  the source checkpoint cannot be used (unsupported architecture, corrupt or unsafe files, not reachable)
-  4  a package failed its accuracy gates; the build is withheld in `<output>.rejected/`
+  4  a package failed its accuracy gates (a build is withheld in `<output>.rejected/`; eval writes its report)
   130 interrupted (Ctrl-C or SIGTERM)
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 
 class PhiexportError(Exception):
@@ -46,19 +44,16 @@ class BuildError(PhiexportError):
 
 
 class GateFailed(PhiexportError):
-    """Packages were built but measured worse than the recipe's gates allow; `lines` are the failed gates."""
+    """Packages measured worse than their gates allow; `lines` are the failed gates, `cause` says what follows."""
 
     exit_code = 4
 
-    def __init__(self, lines: list[str], rejected: Path):
-        super().__init__(
-            "; ".join(lines), f"inspect {rejected} (withheld, not published), then fix the recipe or relax its gates"
-        )
+    def __init__(self, lines: list[str], cause: str, fix: str):
+        super().__init__(cause, fix)
         self.lines = lines
-        self.rejected = rejected
 
 
 class Interrupted(PhiexportError):
-    """The build was stopped by a signal; nothing was published."""
+    """A command was stopped by a signal: a build publishes nothing, an evaluation keeps what it scored."""
 
     exit_code = 130

@@ -152,7 +152,10 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
                 )
                 write_manifest(package_dir, recipe=recipe, checkpoint=checkpoint, target=target, weights=weights[name])
         if failed := [str(failure) for found in failures.values() for failure in found]:
-            raise GateFailed(failed, rejected_path(output))
+            rejected = rejected_path(output)
+            raise GateFailed(
+                failed, "packages withheld", f"inspect {rejected} (not published), then fix the recipe or its gates"
+            )
 
     return BuildResult(
         output=output,

@@ -104,12 +104,21 @@ class QuantizationConfig(_Strict):
 
 
 class EvaluationConfig(_Strict):
-    """How each package is checked against the torch reference during the build."""
+    """How packages are checked against the torch reference: by every build, and by `phiexport eval` (which also
+    answers GSM8K problems: `problems`, `problem_seed`, `answer_tokens`)."""
 
     sequences: int = Field(32, ge=1, le=1319, description="Held-out GSM8K test problems, teacher-forced")
     max_tokens: int = Field(320, ge=32, le=4096, description="Each sequence is cut to this many tokens")
     greedy_prompts: int = Field(3, ge=0, le=32, description="Prompts generated greedily by both models")
     greedy_tokens: int = Field(32, ge=1, le=512, description="New tokens per greedy prompt")
+    problems: int = Field(100, ge=0, le=1319, description="eval: GSM8K test problems answered greedily (0: none)")
+    problem_seed: int | None = Field(None, ge=0, description="eval: draw the problems with this seed (else file order)")
+    simulator_problems: int = Field(
+        0, ge=0, le=1319, description="eval: of those, answered on the HTP simulator too (it decodes ~1 token/s)"
+    )
+    answer_tokens: int = Field(
+        256, ge=16, le=32768, description="eval: new-token budget per answer (reasoning models think first: raise it)"
+    )
 
 
 class CalibrationConfig(_Strict):

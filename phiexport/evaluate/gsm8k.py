@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import random
 import re
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
 
-from phiexport.evaluate.data import chat_prompt, gsm8k_test
+from phiexport.evaluate.data import gsm8k_test
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
@@ -83,31 +80,3 @@ class Answers:
         """Share of problems where both models give the same final answer (both none counts as the same)."""
         pairs = list(zip(self.answers, other.answers, strict=True))
         return sum(a == b for a, b in pairs) / max(len(pairs), 1)
-
-
-def answer_problems(
-    generate: Callable[[list[int]], list[int]],
-    tokenizer: Any,
-    problems: list[dict[str, str]],
-    track: Callable[[Any, int, str], Any],
-    label: str,
-) -> Answers:
-    """Greedy replies of one model (`generate(prompt_ids) -> new ids`) to each problem, timed as a whole."""
-    replies = []
-    started = time.perf_counter()
-    for problem in track(problems, len(problems), f"GSM8K answers: {label}"):
-        prompt_ids = tokenizer(chat_prompt(tokenizer, problem["question"]), add_special_tokens=False)["input_ids"]
-        replies.append(tokenizer.decode(generate(prompt_ids), skip_special_tokens=True))
-    return Answers(replies, [final_answer(reply) for reply in replies], time.perf_counter() - started)
-
-
-def task_summary(answers: Answers, reference: Answers, gold: list[str]) -> dict[str, Any]:
-    return {
-        "problems": len(gold),
-        "accuracy": answers.accuracy(gold),
-        "reference_accuracy": reference.accuracy(gold),
-        "answer_agreement": answers.agreement(reference),
-        "unanswered": sum(answer is None for answer in answers.answers),
-        "seconds": round(answers.seconds, 1),
-        "seconds_per_problem": round(answers.seconds / max(len(gold), 1), 2),
-    }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -63,14 +64,22 @@ class TokenScores:
     pkg_nll: list[np.ndarray] = field(default_factory=list)
 
     def add(self, ref_logits: np.ndarray, pkg_logits: np.ndarray, targets: np.ndarray) -> None:
-        ref_lp, pkg_lp = log_softmax(ref_logits), log_softmax(pkg_logits)
-        self.kl.append(kl_divergence(ref_lp, pkg_lp))
-        self.agree.append(top1_agreement(ref_logits, pkg_logits))
-        self.ref_nll.append(negative_log_likelihood(ref_lp, targets))
-        self.pkg_nll.append(negative_log_likelihood(pkg_lp, targets))
+        self.add_tokens(**score_tokens(ref_logits, pkg_logits, targets))
+
+    def add_tokens(
+        self, kl: Sequence[float], agree: Sequence[bool], ref_nll: Sequence[float], pkg_nll: Sequence[float]
+    ) -> None:
+        """One sequence's per-token results, as `score_tokens` returns them (or as they were saved)."""
+        self.kl.append(np.asarray(kl, dtype=np.float64))
+        self.agree.append(np.asarray(agree, dtype=bool))
+        self.ref_nll.append(np.asarray(ref_nll, dtype=np.float64))
+        self.pkg_nll.append(np.asarray(pkg_nll, dtype=np.float64))
+
+    def token_kl(self) -> np.ndarray:
+        return np.concatenate(self.kl)
 
     def summary(self) -> dict[str, float | int]:
-        kl = np.concatenate(self.kl)
+        kl = self.token_kl()
         ppl_ref = perplexity(np.concatenate(self.ref_nll))
         ppl_pkg = perplexity(np.concatenate(self.pkg_nll))
         return {
@@ -83,3 +92,14 @@ class TokenScores:
             "kl_max": float(kl.max()),
             "top1_agreement": float(np.concatenate(self.agree).mean()),
         }
+
+
+def score_tokens(ref_logits: np.ndarray, pkg_logits: np.ndarray, targets: np.ndarray) -> dict[str, list[Any]]:
+    """Per-token KL, top-1 agreement and both models' negative log-likelihoods, as plain lists (JSON-ready)."""
+    ref_lp, pkg_lp = log_softmax(ref_logits), log_softmax(pkg_logits)
+    return {
+        "kl": kl_divergence(ref_lp, pkg_lp).tolist(),
+        "agree": top1_agreement(ref_logits, pkg_logits).tolist(),
+        "ref_nll": negative_log_likelihood(ref_lp, targets).tolist(),
+        "pkg_nll": negative_log_likelihood(pkg_lp, targets).tolist(),
+    }

@@ -11,7 +11,7 @@ _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "ten
 
 
 class PackageRunner:
-    """One package's decoder on the onnxruntime CPU execution provider."""
+    """One package's decoder on the onnxruntime CPU execution provider, whichever device it targets."""
 
     def __init__(self, package_dir: Path):
         import onnxruntime as ort
@@ -49,7 +49,9 @@ class PackageRunner:
         import onnxruntime_genai as og
 
         if self._og_model is None:
-            self._og_model = og.Model(str(self.package_dir))
+            config = og.Config(str(self.package_dir))
+            config.clear_providers()  # the CPU EP, whatever device the package targets (DirectML is checked this way)
+            self._og_model = og.Model(config)
         params = og.GeneratorParams(self._og_model)
         params.set_search_options(do_sample=False, max_length=len(prompt_ids) + new_tokens)
         generator = og.Generator(self._og_model, params)

@@ -61,8 +61,8 @@ def staged_output(output: Path, *, force: bool) -> Iterator[Path]:
         yield staging
         raise_if_interrupted()
         _swap_into(staging, output)
-    except GateFailed as failed:
-        _swap_into(staging, failed.rejected)
+    except GateFailed:
+        _swap_into(staging, rejected_path(output))
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,124 @@
+"""`phiexport eval` on miniature packages: exact against the reference in fp32, the card's files, gates, resuming."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import error_lines, run_cli
+
+TASK = ("--sequences", "3", "--limit", "3", "--new-tokens", "24")
+
+
+@pytest.fixture(scope="module")
+def mini_packages(mini_phi4, tmp_path_factory) -> dict[str, Path]:
+    from phiexport.pipeline import build
+    from phiexport.recipe import recipe_for_source
+
+    packages = {}
+    for precision in ("fp32", "int4"):
+        recipe = recipe_for_source(str(mini_phi4)).with_overrides(
+            {"quantization": {"precision": precision}, "evaluation": {"sequences": 2, "greedy_prompts": 0}}
+        )
+        packages[precision] = build(recipe, tmp_path_factory.mktemp(precision) / "out").packages["cpu"]
+    return packages
+
+
+def journal_lines(report: Path, prefix: str) -> list[dict]:
+    (journal,) = (report / "raw").glob(f"{prefix}-*.jsonl")
+    return [json.loads(line) for line in journal.read_text().splitlines()]
+
+
+def test_an_fp32_package_scores_and_answers_exactly_as_its_reference(mini_packages, tmp_path):
+    report_dir = tmp_path / "report"
+    packages = [str(mini_packages["fp32"]), str(mini_packages["int4"])]
+    result = run_cli("eval", *packages, *TASK, "-o", str(report_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    fp32, int4 = report["packages"]
+    assert (fp32["label"], int4["label"]) == ("cpu-fp32", "cpu-int4")
+    assert fp32["metrics"]["kl_mean"] < 1e-6 and fp32["metrics"]["top1_agreement"] == 1.0
+    assert abs(fp32["metrics"]["ppl_ratio"] - 1) < 1e-5
+    assert fp32["task"]["greedy_identical"] == 1.0 and fp32["task"]["answer_agreement"] == 1.0
+    assert fp32["task"]["accuracy"] == report["reference"]["task"]["accuracy"]
+    assert fp32["task"]["new_tokens"] == report["reference"]["task"]["new_tokens"]
+    assert int4["metrics"]["kl_mean"] > 1e-4  # the int4 rounding is measured, not hidden
+    assert report["data"]["tokens"] == fp32["metrics"]["tokens"] == int4["metrics"]["tokens"] > 100
+    assert report["passed"] and report["schema"] == "phiexport.eval/1"
+
+    assert json.loads((report_dir / "report.json").read_text())["packages"] == report["packages"]
+    markdown = (report_dir / "report.md").read_text()
+    assert "| cpu-fp32 | CPU EP |" in markdown and "| cpu-int4 | CPU EP |" in markdown
+    for plot in report["files"]["plots"]:
+        assert f"![{plot}]({plot})" in markdown
+        with Image.open(report_dir / plot) as image:
+            assert image.format == "PNG" and image.width > 400
+
+
+def test_a_gate_missed_in_eval_exits_4_with_one_line_and_the_report_written(mini_packages, tmp_path):
+    result = run_cli("eval", str(mini_packages["int4"]), *TASK, "-o", str(tmp_path / "r"), "--max-kl", "1e-6")
+    assert result.returncode == 4, result.stderr
+    lines = error_lines(result)
+    assert lines[-2].startswith("gate failed: kl_mean ") and lines[-2].endswith(" > 1e-06 (cpu-int4)")
+    assert lines[-1].startswith("error: 1 of 1 packages failed their gates — fix: see ")
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["passed"] is False and report["gates"] == {"max_kl": 1e-6, "max_ppl_ratio": 2.0}
+    assert "**FAIL**" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_a_larger_evaluation_reuses_everything_already_scored(mini_packages, tmp_path):
+    report_dir, package = tmp_path / "report", str(mini_packages["int4"])
+    common = ("--sequences", "2", "--new-tokens", "16", "-o", str(report_dir))
+    assert run_cli("eval", package, *common, "--limit", "2").returncode == 0
+    first = journal_lines(report_dir, "reference")
+    assert run_cli("eval", package, *common, "--limit", "4").returncode == 0
+    second = journal_lines(report_dir, "reference")
+    assert len(first) == 2 and len(second) == 4 and second[:2] == first  # the first two answers were not redone
+    assert len(journal_lines(report_dir, "cpu-int4")) == 2 + 4  # 2 scored sequences, 4 answers
+
+
+def test_ctrl_c_keeps_every_scored_item_and_the_same_command_resumes(mini_packages, tmp_path):
+    report_dir = tmp_path / "report"
+    command = [sys.executable, "-m", "phiexport", "eval", str(mini_packages["int4"]), "-o", str(report_dir)]
+    command += ["--sequences", "2", "--limit", "40", "--new-tokens", "48"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((report_dir / "raw").glob("reference-*.jsonl")) or len(journal_lines(report_dir, "reference")) < 3:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "error: interrupted — fix: run the same command again: it resumes from what was scored" in stderr
+    kept = journal_lines(report_dir, "reference")
+    assert 3 <= len(kept) < 40
+    assert not (report_dir / "report.json").exists()
+
+    resumed = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=300, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    final = journal_lines(report_dir, "reference")
+    assert len(final) == 40 and final[: len(kept)] == kept  # nothing scored before the interrupt was redone
+    assert json.loads(resumed.stdout)["reference"]["task"]["problems"] == 40
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{tmp}"], "is not a phiexport package (no manifest.json) — fix: pass package folders"),
+        (["{int4}", "--limit", "0", "--min-answer-agreement", "0.9"], "gate min_answer_agreement needs"),
+        (["{int4}", "--npu-device", "gpu"], "unknown --npu-device gpu — fix: choose from cpu, htp-sim"),
+        (["{int4}", "-o", "{int4}"], "exists and is not an eval report — fix: pass a new or empty --output"),
+        (["{int4}", "--reference", "{tmp}/missing"], "no such file or directory"),
+    ],
+)
+def test_bad_eval_input_is_one_line_and_exit_2(mini_packages, tmp_path, args, message):
+    filled = [arg.format(tmp=tmp_path, int4=mini_packages["int4"]) for arg in args]
+    result = run_cli("eval", *filled)
+    assert result.returncode == 2, result.stderr
+    (line,) = error_lines(result)
+    assert line.startswith("error: ") and message in line
