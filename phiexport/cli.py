@@ -252,15 +252,19 @@ def evaluate(
         Path | None,
         typer.Option("--output", "-o", help="Report folder [reports/<recipe>]; an earlier report there is resumed."),
     ] = None,
-    sequences: Annotated[int | None, typer.Option(help="Held-out conversations scored teacher-forced.")] = None,
+    sequences: Annotated[
+        int | None, typer.Option(help="Held-out conversations scored teacher-forced [recipe's, 32].")
+    ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Each scored conversation is cut to this many tokens.")] = None,
-    limit: Annotated[int | None, typer.Option(help="GSM8K problems answered greedily (0: skip the task).")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="GSM8K problems answered greedily, 0 skips the task [recipe's, 100].")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Draw the GSM8K problems with this seed [file order].")] = None,
     sim_problems: Annotated[
         int | None, typer.Option(help="Of those, answered on the HTP simulator too (slow: ~1 token/s) [0].")
     ] = None,
     new_tokens: Annotated[
-        int | None, typer.Option(help="New-token budget per answer; reasoning models think first, so raise it.")
+        int | None, typer.Option(help="New-token budget per answer; reasoning models think first, so raise it [256].")
     ] = None,
     npu_device: Annotated[
         list[str] | None,

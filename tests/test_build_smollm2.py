@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import error_lines, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -156,3 +157,58 @@ def test_npu_package_runs_on_the_htp_simulator_and_tracks_the_reference(smollm2_
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["text"].startswith("The opposite of hot is cold")
+
+
+def scramble_scales(model_path: Path, seed: int = 0) -> int:
+    """Sabotage a CPU package: shuffle the block scales of every MatMulNBits (the integers stay as they were)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(model_path)
+    initializers = {init.name: init for init in model.graph.initializer}
+    rng = np.random.default_rng(seed)
+    scrambled = 0
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            scales = initializers[node.input[2]]
+            values = numpy_helper.to_array(scales)
+            scales.CopyFrom(numpy_helper.from_array(rng.permutation(values.ravel()).reshape(values.shape), scales.name))
+            scrambled += 1
+    data = model_path.with_name(f"{model_path.name}.data")
+    data.unlink()
+    onnx.save_model(model, model_path, save_as_external_data=True, location=data.name)
+    return scrambled
+
+
+def test_eval_rejects_a_sabotaged_package_with_exit_4_beside_the_good_ones(smollm2_build, tmp_path):
+    """The side-by-side card on the real model: CPU int4, the NPU on the CPU EP and on the HTP simulator, and a copy
+    of the CPU package with its scales shuffled, held to the bundled recipe's gates (KL ≤ 0.15, top-1 ≥ 0.8)."""
+    build_output = smollm2_build[0].parent
+    sabotaged = tmp_path / "scrambled-scales" / "cpu"
+    shutil.copytree(build_output / "cpu", sabotaged)
+    assert scramble_scales(sabotaged / "model.onnx") == 151  # every linear layer and the LM head
+    report_dir = tmp_path / "report"
+    result = run_cli(
+        "eval", str(build_output), str(sabotaged), "--sequences", "2", "--limit", "2", "-o", str(report_dir)
+    )
+    assert result.returncode == 4, result.stderr[-2000:]
+    gate_lines = [line for line in error_lines(result) if line.startswith("gate failed:")]
+    assert gate_lines and all(line.endswith("(cpu-int4 (scrambled-scales))") for line in gate_lines)
+    assert any(line.startswith("gate failed: kl_mean ") and " > 0.15 " in line for line in gate_lines)
+    assert error_lines(result)[-1].startswith("error: 1 of 4 packages failed their gates — fix: see ")
+
+    report = json.loads((report_dir / "report.json").read_text())
+    rows = {row["label"]: row for row in report["packages"]}
+    assert set(rows) == {
+        "cpu-int4 (smollm2-135m-instruct)",
+        "npu-int4@cpu",
+        "npu-int4@htp-sim",
+        "cpu-int4 (scrambled-scales)",
+    }
+    assert [label for label, row in rows.items() if not row["gates"]["passed"]] == ["cpu-int4 (scrambled-scales)"]
+    assert rows["cpu-int4 (scrambled-scales)"]["metrics"]["kl_mean"] > 1.0
+    assert rows["npu-int4@htp-sim"]["runs_on"] == "HTP simulator" and rows["npu-int4@htp-sim"]["task"] == {}
+    simulator, emulated = rows["npu-int4@htp-sim"]["metrics"], rows["npu-int4@cpu"]["metrics"]
+    assert abs(simulator["kl_mean"] - emulated["kl_mean"]) < 0.05  # the HTP computes what the CPU EP emulates
+    assert rows["npu-int4@cpu"]["task"]["problems"] == 2

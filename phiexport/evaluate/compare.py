@@ -179,22 +179,25 @@ def evaluate_packages(
     if not sequences:
         raise UsageError("no evaluation sequence survived tokenization", "raise --max-tokens")
 
-    reference_key = digest(reference.files, reference.origin, reference.revision)
-    stop_ids = sorted(package_stop_ids(subjects[0].package_dir))
-    journals = {
-        s.label: Journal(raw_dir / f"{_slug(s.label)}-{digest(s.manifest_sha256, s.device, reference_key)}.jsonl")
-        for s in subjects
-    }
-    reference_journal = Journal(raw_dir / f"reference-{digest(reference_key, stop_ids)}.jsonl")
-    models = _Models(reference, trust_remote_code)
-
-    sequence_keys = _score_sequences(sequences, subjects, journals, models, track)
     problems = select_problems(evaluation.problems, evaluation.problem_seed)
     prompts = [
         tokenizer(chat_prompt(tokenizer, problem["question"]), add_special_tokens=False)["input_ids"]
         for problem in problems
     ]
     budget = _answer_budget(prompts, evaluation.answer_tokens, contexts)
+
+    reference_key = digest(reference.files, reference.origin, reference.revision)
+    stop_ids = sorted(package_stop_ids(subjects[0].package_dir))
+    journals = {
+        s.label: Journal(
+            raw_dir / f"{s.target}-{s.precision}-{s.device}-{digest(s.manifest_sha256, s.device, reference_key)}.jsonl"
+        )
+        for s in subjects
+    }
+    reference_journal = Journal(raw_dir / f"reference-{digest(reference_key, stop_ids)}.jsonl")
+    models = _Models(reference, trust_remote_code)
+
+    sequence_keys = _score_sequences(sequences, subjects, journals, models, track)
     answer_keys = [item_key("answer", prompt, budget) for prompt in prompts]
     # the simulator decodes about one token per second: its rows answer only the first `simulator_problems`
     answered = {
@@ -400,7 +403,3 @@ def _reference_task(answers: Answers, journal: Journal, keys: list[str], gold: l
 
 def _package_bytes(package_dir: Path) -> int:
     return sum(path.stat().st_size for path in package_dir.rglob("*") if path.is_file())
-
-
-def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
