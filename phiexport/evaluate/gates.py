@@ -48,6 +48,18 @@ def check_gates_measurable(gates: GatesConfig, measured: Iterable[str]) -> None:
             )
 
 
+def split_gates(gates: GatesConfig, measured: Iterable[str]) -> tuple[GatesConfig, list[str]]:
+    """The gates a check can apply, and the names of those it leaves to a check that measures their metric (the
+    build leaves `min_answer_agreement` to `phiexport eval`, which answers GSM8K problems)."""
+    measured = set(measured)
+    left = [
+        gate
+        for gate, limit in gates.model_dump().items()
+        if limit is not None and GATE_METRICS[gate][0] not in measured
+    ]
+    return gates.model_copy(update=dict.fromkeys(left)), left
+
+
 def check_gates(metrics: dict[str, Any], gates: GatesConfig, package: str) -> list[GateFailure]:
     """Every limit of `gates` that `metrics` crosses; a gate on a metric that was not measured is a usage error."""
     check_gates_measurable(gates, metrics)

@@ -54,8 +54,9 @@ def _gates_line(gates: dict[str, Any] | None) -> str:
     if not gates:
         return "No accuracy gates were checked."
     limits = ", ".join(f"{gate} {limit:g}" for gate, limit in gates["limits"].items()) or "none set"
+    left = "".join(f"; {gate} is checked by `phiexport eval`" for gate in gates.get("left_to_eval", []))
     if gates["passed"]:
-        return f"Accuracy gates passed ({limits})."
+        return f"Accuracy gates passed ({limits}{left})."
     return f"**REJECTED — accuracy gates failed** ({limits}): " + "; ".join(gates["failed"]) + "."
 
 

@@ -33,15 +33,23 @@ def test_a_gate_on_an_unmeasured_metric_is_refused():
         check_gates(METRICS, GatesConfig(min_answer_agreement=0.9), "cpu-int4")
 
 
-def test_a_build_refuses_a_gate_it_cannot_measure_before_any_work(mini_phi4, tmp_path):
+def test_a_build_leaves_the_answer_gate_to_eval_which_applies_it(mini_phi4, tmp_path):
     recipe = tmp_path / "gated.yaml"
     recipe.write_text(
         f"version: 1\nname: gated\nsource: {{model: {mini_phi4}}}\ngates: {{min_answer_agreement: 0.9}}\n"
+        "evaluation: {sequences: 2, greedy_prompts: 0, problems: 2, answer_tokens: 16}\n"
     )
     result = run_cli("build", "-r", str(recipe), "-o", str(tmp_path / "out"))
-    assert result.returncode == 2
-    assert "gate min_answer_agreement needs answer_agreement" in error_lines(result)[-1]
-    assert not (tmp_path / "out").exists()
+    assert result.returncode == 0, result.stderr[-2000:]
+    gates = json.loads((tmp_path / "out" / "cpu" / "report.json").read_text())["gates"]
+    assert gates["passed"] and gates["left_to_eval"] == ["min_answer_agreement"]
+    assert "min_answer_agreement" not in gates["limits"]
+    assert "min_answer_agreement is checked by `phiexport eval`" in (tmp_path / "out" / "cpu" / "README.md").read_text()
+
+    result = run_cli("eval", str(tmp_path / "out"), "-o", str(tmp_path / "report"), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = json.loads(result.stdout)["packages"]
+    assert row["gates"]["limits"]["min_answer_agreement"] == 0.9 and row["task"]["problems"] == 2
 
 
 def test_a_build_over_its_gate_exits_4_and_is_withheld(mini_phi4, tmp_path):
