@@ -261,7 +261,7 @@ def evaluate(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Draw the GSM8K problems with this seed [file order].")] = None,
     sim_problems: Annotated[
-        int | None, typer.Option(help="Of those, answered on the HTP simulator too (slow: ~1 token/s) [0].")
+        int | None, typer.Option(help="Of those, answered on the HTP simulator too (slow: ~5 s per token) [0].")
     ] = None,
     new_tokens: Annotated[
         int | None, typer.Option(help="New-token budget per answer; reasoning models think first, so raise it [256].")

@@ -114,7 +114,7 @@ class EvaluationConfig(_Strict):
     problems: int = Field(100, ge=0, le=1319, description="eval: GSM8K test problems answered greedily (0: none)")
     problem_seed: int | None = Field(None, ge=0, description="eval: draw the problems with this seed (else file order)")
     simulator_problems: int = Field(
-        0, ge=0, le=1319, description="eval: of those, answered on the HTP simulator too (it decodes ~1 token/s)"
+        0, ge=0, le=1319, description="eval: of those, answered on the HTP simulator too (~5 s per token)"
     )
     answer_tokens: int = Field(
         256, ge=16, le=32768, description="eval: new-token budget per answer (reasoning models think first: raise it)"

@@ -199,7 +199,7 @@ def evaluate_packages(
 
     sequence_keys = _score_sequences(sequences, subjects, journals, models, track)
     answer_keys = [item_key("answer", prompt, budget) for prompt in prompts]
-    # the simulator decodes about one token per second: its rows answer only the first `simulator_problems`
+    # the simulator decodes ~5 s per token: its rows answer only the first `simulator_problems`
     answered = {
         s.label: min(len(problems), evaluation.simulator_problems if s.device == "htp-sim" else len(problems))
         for s in subjects

@@ -40,7 +40,7 @@ def _accuracy_bars(plt: Any, report: dict[str, Any], path: Path) -> None:
     ]
     if report["data"]["problems"]:
         reference = 100 * report["reference"]["task"]["accuracy"]
-        accuracy = [100 * row["task"]["accuracy"] for row in rows]
+        accuracy = [100 * row["task"]["accuracy"] if row["task"] else np.nan for row in rows]  # nan: not asked
         panels.append((f"GSM8K accuracy (%), reference {reference:.0f}", accuracy, None, True))
     figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.6 + 0.12 * len(labels)))
     colors = [("tab:red" if not row["gates"]["passed"] else "tab:blue") for row in rows]
@@ -51,7 +51,8 @@ def _accuracy_bars(plt: Any, report: dict[str, Any], path: Path) -> None:
         axis.invert_yaxis()
         axis.set_title(title)
         for position, value in zip(positions, values, strict=True):
-            axis.annotate(f"{value:.3g}", (value, position), xytext=(3, 0), textcoords="offset points", va="center")
+            text, at = ("not asked", 0.0) if np.isnan(value) else (f"{value:.3g}", value)
+            axis.annotate(text, (at, position), xytext=(3, 0), textcoords="offset points", va="center")
         if limit is not None:
             axis.axvline(limit, color="tab:red", linestyle="--", linewidth=1, label="gate")
             axis.legend(loc="lower right", fontsize=7)

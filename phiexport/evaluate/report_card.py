@@ -65,7 +65,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", *(f"![{name}]({name})" for name in report["files"]["plots"])]
     if data["problems"]:
         lines += ["", "## Answers that differ from the reference's (first five per package)", ""]
-        differences = [(row["label"], diff) for row in report["packages"] for diff in row["task"]["differences"]]
+        differences = [(row["label"], d) for row in report["packages"] for d in row["task"].get("differences", [])]
         for label, diff in differences:
             reply = " ".join(diff["reply"].split())[-160:]
             lines.append(

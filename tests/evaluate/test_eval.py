@@ -122,3 +122,48 @@ def test_bad_eval_input_is_one_line_and_exit_2(mini_packages, tmp_path, args, me
     assert result.returncode == 2, result.stderr
     (line,) = error_lines(result)
     assert line.startswith("error: ") and message in line
+
+
+def test_a_row_that_answered_nothing_is_drawn_and_tabled_as_not_asked(tmp_path):
+    """An HTP-simulator row is scored teacher-forced only: its task is empty, in the plots and in the table."""
+    import numpy as np
+
+    from phiexport.evaluate.compare import Evaluation
+    from phiexport.evaluate.report_card import write_report_card
+
+    metrics = {"ppl_reference": 4.0, "ppl_package": 4.2, "ppl_ratio": 1.05, "kl_mean": 0.07, "kl_p99": 0.6}
+    metrics |= {"top1_agreement": 0.89, "tokens": 3}
+    task = {"problems": 1, "accuracy": 1.0, "answer_agreement": 1.0, "greedy_identical": 1.0}
+    task |= {"seconds_per_problem": 2.0, "differences": []}
+    gates = {"limits": {"max_kl": 0.15}, "passed": True, "failed": []}
+    row = {"runs_on": "CPU EP", "bytes": 2**20, "metrics": metrics, "gates": gates}
+    report = {
+        "schema": "phiexport.eval/1",
+        "reference": {
+            "model": "m",
+            "revision": None,
+            "runs_on": "torch",
+            "task": {"accuracy": 1.0, "seconds_per_problem": 9.0},
+        },
+        "data": {
+            "sequences": 1,
+            "max_tokens": 32,
+            "tokens": 3,
+            "problems": 1,
+            "problem_seed": None,
+            "answer_tokens": 16,
+        },
+        "gates": {"max_kl": 0.15},
+        "packages": [{**row, "label": "npu-int4@cpu", "task": task}, {**row, "label": "npu-int4@htp-sim", "task": {}}],
+        "passed": True,
+    }
+    kl = {"npu-int4@cpu": np.array([0.01, 0.1, 0.2]), "npu-int4@htp-sim": np.array([0.0, 0.1, 0.3])}
+    markdown = write_report_card(Evaluation(report, kl), tmp_path).read_text()
+    assert (
+        "| npu-int4@htp-sim | CPU EP | 1 MiB | 4.000 → 4.200 | 1.050 | 0.0700 | 0.600 | 89.00% | – | – | – | – | pass |"
+        in markdown
+    )
+    assert "| npu-int4@cpu | CPU EP | 1 MiB |" in markdown and "| 100% | 100% | 100% | 2.0 | pass |" in markdown
+    for plot in ("accuracy.png", "kl_histogram.png"):
+        with Image.open(tmp_path / plot) as image:
+            assert image.format == "PNG"
