@@ -75,6 +75,7 @@ def test_report_measures_the_package_against_the_reference(smollm2_build):
         "limits": {"max_kl": 0.15, "min_top1": 0.8, "max_ppl_ratio": 1.15},
         "passed": True,
         "failed": [],
+        "left_to_eval": [],
     }
     assert summary["metrics"]["cpu"] == metrics
     assert "KL(reference ‖ package)" in (package / "README.md").read_text()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,17 +108,11 @@ def _unique_labels(subjects: list[Subject]) -> list[Subject]:
     renamed = []
     for subject in subjects:
         if labels.count(subject.label) > 1:
-            subject = _with_label(subject, f"{subject.label} ({subject.package_dir.parent.name})")
+            subject = replace(subject, label=f"{subject.label} ({subject.package_dir.parent.name})")
         renamed.append(subject)
     if len({s.label for s in renamed}) != len(renamed):
         raise UsageError("the same package is listed twice", "pass each package once")
     return renamed
-
-
-def _with_label(subject: Subject, label: str) -> Subject:
-    from dataclasses import replace
-
-    return replace(subject, label=label)
 
 
 def measured_metrics(evaluation: EvaluationConfig) -> set[str]:
