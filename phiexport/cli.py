@@ -286,7 +286,7 @@ def evaluate(
     resume = "run the same command again: it resumes from what was scored"
     with _reported_errors(as_json, debug, interrupted_fix=resume):
         from phiexport.evaluate.compare import NPU_DEVICES
-        from phiexport.evaluate.run import run_eval
+        from phiexport.evaluate.run import gate_failure, run_eval
         from phiexport.progress import StageProgress
         from phiexport.recipe import SourceConfig, load_recipe
 
@@ -328,11 +328,16 @@ def evaluate(
             )
         finally:
             progress.close()
+        failure = gate_failure(evaluation, markdown)
         if as_json:
+            if failure:  # stdout holds one JSON object: the error, whose fix names the report
+                raise failure
             print(json.dumps({"report": str(markdown), **evaluation.report}, indent=2))
             return
         _print_card(evaluation.report)
         Console().print(f"report: {markdown}")
+        if failure:
+            raise failure
 
 
 def _report_name(packages: list[Path], recipe: Any) -> str:

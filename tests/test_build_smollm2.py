@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import error_lines, run_cli
+from tests.sabotage import scramble_scales
 
 pytestmark = pytest.mark.slow
 
@@ -158,28 +159,6 @@ def test_npu_package_runs_on_the_htp_simulator_and_tracks_the_reference(smollm2_
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["text"].startswith("The opposite of hot is cold")
-
-
-def scramble_scales(model_path: Path, seed: int = 0) -> int:
-    """Sabotage a CPU package: shuffle the block scales of every MatMulNBits (the integers stay as they were)."""
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(model_path)
-    initializers = {init.name: init for init in model.graph.initializer}
-    rng = np.random.default_rng(seed)
-    scrambled = 0
-    for node in model.graph.node:
-        if node.op_type == "MatMulNBits":
-            scales = initializers[node.input[2]]
-            values = numpy_helper.to_array(scales)
-            scales.CopyFrom(numpy_helper.from_array(rng.permutation(values.ravel()).reshape(values.shape), scales.name))
-            scrambled += 1
-    data = model_path.with_name(f"{model_path.name}.data")
-    data.unlink()
-    onnx.save_model(model, model_path, save_as_external_data=True, location=data.name)
-    return scrambled
 
 
 def test_eval_rejects_a_sabotaged_package_with_exit_4_beside_the_good_ones(smollm2_build, tmp_path):

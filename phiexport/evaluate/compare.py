@@ -8,7 +8,6 @@ reuses what a smaller one measured; models are only loaded if something is left 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from phiexport.digest import describe_files
 from phiexport.errors import UsageError
 from phiexport.evaluate.data import ScoredSequence, chat_prompt, scored_sequences
 from phiexport.evaluate.gates import check_gates, gates_report
@@ -46,13 +46,16 @@ class Subject:
     precision: str
     method: str
     context: int | None  # the fixed KV cache of an NPU package
-    manifest_sha256: str
+    contents: str  # digest of every file's sha256: a copy with one byte changed is another package
 
     @property
     def runs_on(self) -> str:
         if self.context is not None:
             return "HTP simulator" if self.device == "htp-sim" else "CPU EP"
         return "CPU EP" if self.target == "cpu" else f"CPU EP (proxy for {self.target})"
+
+    def journal_name(self, reference_key: str) -> str:
+        return f"{self.target}-{self.precision}-{self.device}-{digest(self.contents, self.device, reference_key)}.jsonl"
 
     def open(self) -> Any:
         if self.context is not None:
@@ -64,7 +67,7 @@ def find_subjects(paths: Sequence[Path], npu_devices: Sequence[str]) -> list[Sub
     """The rows for `paths`: package folders, or build outputs whose sub-folders are packages."""
     subjects: list[Subject] = []
     for package_dir in _package_dirs(paths):
-        manifest_bytes = (package_dir / MANIFEST_NAME).read_bytes()
+        contents = digest(describe_files(package_dir))
         manifest = read_manifest(package_dir)
         target = manifest["target"]["name"]
         quant = manifest["recipe"]["quantization"]
@@ -81,7 +84,7 @@ def find_subjects(paths: Sequence[Path], npu_devices: Sequence[str]) -> list[Sub
                     precision=quant["precision"],
                     method=quant["method"] if quant["precision"] != "fp32" else "none",
                     context=npu["context_length"] if static else None,
-                    manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
+                    contents=contents,
                 )
             )
     return _unique_labels(subjects)
@@ -182,12 +185,11 @@ def evaluate_packages(
 
     reference_key = digest(reference.files, reference.origin, reference.revision)
     stop_ids = sorted(package_stop_ids(subjects[0].package_dir))
-    journals = {
-        s.label: Journal(
-            raw_dir / f"{s.target}-{s.precision}-{s.device}-{digest(s.manifest_sha256, s.device, reference_key)}.jsonl"
-        )
-        for s in subjects
-    }
+    by_path: dict[Path, Journal] = {}  # rows with identical contents share one journal object, never two
+    journals = {}
+    for subject in subjects:
+        path = raw_dir / subject.journal_name(reference_key)
+        journals[subject.label] = by_path.setdefault(path, Journal(path))
     reference_journal = Journal(raw_dir / f"reference-{digest(reference_key, stop_ids)}.jsonl")
     models = _Models(reference, trust_remote_code)
 

@@ -37,9 +37,9 @@ def run_eval(
     npu_devices: Sequence[str],
     progress: StageProgress,
 ) -> tuple[Path, Evaluation]:
-    """Evaluate the packages and write the report card into `output`; raises GateFailed (after writing) when a
-    package misses a gate. Settings and gates come from `recipe`, else from the first package's build recipe, with
-    `overrides` (sections `evaluation` and `gates`) on top."""
+    """Evaluate the packages and write the report card into `output` (see `gate_failure` for what follows a miss).
+    Settings and gates come from `recipe`, else from the first package's build recipe, with `overrides` (sections
+    `evaluation` and `gates`) on top."""
     subjects = find_subjects(package_paths, npu_devices)
     settings = (recipe or _build_recipe(subjects[0])).with_overrides(overrides)
     check_gates_measurable(settings.gates, measured_metrics(settings.evaluation))
@@ -59,14 +59,20 @@ def run_eval(
     )
     with progress.stage("report card"):
         markdown = write_report_card(evaluation, output)
-    if failed := evaluation.failed_gates:
-        failing = sum(not row["gates"]["passed"] for row in evaluation.report["packages"])
-        raise GateFailed(
-            failed,
-            f"{failing} of {len(subjects)} packages failed their gates",
-            f"see {markdown}; do not ship them (or relax the gates if the limits are wrong)",
-        )
     return markdown, evaluation
+
+
+def gate_failure(evaluation: Evaluation, markdown: Path) -> GateFailed | None:
+    """The error (exit 4) to raise once the card is shown, if any row missed a gate."""
+    if not (failed := evaluation.failed_gates):
+        return None
+    rows = evaluation.report["packages"]
+    failing = sum(not row["gates"]["passed"] for row in rows)
+    return GateFailed(
+        failed,
+        f"{failing} of {len(rows)} packages failed their gates",
+        f"see {markdown}; do not ship them (or relax the gates if the limits are wrong)",
+    )
 
 
 def check_output(output: Path) -> None:

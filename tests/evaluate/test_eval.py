@@ -1,6 +1,7 @@
 """`phiexport eval` on miniature packages: exact against the reference in fp32, the card's files, gates, resuming."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import error_lines, run_cli
+from tests.sabotage import scramble_scales
 
 TASK = ("--sequences", "3", "--limit", "3", "--new-tokens", "24")
 
@@ -80,6 +82,18 @@ def test_a_larger_evaluation_reuses_everything_already_scored(mini_packages, tmp
     second = journal_lines(report_dir, "reference")
     assert len(first) == 2 and len(second) == 4 and second[:2] == first  # the first two answers were not redone
     assert len(journal_lines(report_dir, "cpu-int4")) == 2 + 4  # 2 scored sequences, 4 answers
+
+
+def test_a_copy_with_changed_weights_never_reuses_the_original_results(mini_packages, tmp_path):
+    """Rows are journaled by their files' contents, so a tampered copy with the same manifest is scored afresh."""
+    sabotaged = tmp_path / "scrambled" / "cpu"
+    shutil.copytree(mini_packages["int4"], sabotaged)
+    assert scramble_scales(sabotaged / "model.onnx") > 0
+    command = ("eval", str(mini_packages["int4"]), str(sabotaged), *TASK, "-o", str(tmp_path / "r"), "--json")
+    first, again = (run_cli(*command) for _ in range(2))
+    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+    kl = [{row["label"]: row["metrics"]["kl_mean"] for row in json.loads(r.stdout)["packages"]} for r in (first, again)]
+    assert kl[0] == kl[1] and len(set(kl[0].values())) == 2
 
 
 def test_ctrl_c_keeps_every_scored_item_and_the_same_command_resumes(mini_packages, tmp_path):
