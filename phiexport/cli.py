@@ -344,11 +344,10 @@ def _report_name(packages: list[Path], recipe: Any) -> str:
     """reports/<recipe name> of the first package (or of --recipe)."""
     if recipe is not None:
         return str(recipe.name)
-    from phiexport.evaluate.compare import find_subjects
+    from phiexport.evaluate.compare import package_dirs
     from phiexport.package.manifest import read_manifest
 
-    first = find_subjects(packages[:1], ("cpu",))[0]
-    return str(read_manifest(first.package_dir)["recipe"]["name"])
+    return str(read_manifest(package_dirs(packages[:1])[0])["recipe"]["name"])
 
 
 def _print_card(report: dict[str, Any]) -> None:

@@ -66,7 +66,7 @@ class Subject:
 def find_subjects(paths: Sequence[Path], npu_devices: Sequence[str]) -> list[Subject]:
     """The rows for `paths`: package folders, or build outputs whose sub-folders are packages."""
     subjects: list[Subject] = []
-    for package_dir in _package_dirs(paths):
+    for package_dir in package_dirs(paths):
         contents = digest(describe_files(package_dir))
         manifest = read_manifest(package_dir)
         target = manifest["target"]["name"]
@@ -90,7 +90,8 @@ def find_subjects(paths: Sequence[Path], npu_devices: Sequence[str]) -> list[Sub
     return _unique_labels(subjects)
 
 
-def _package_dirs(paths: Sequence[Path]) -> list[Path]:
+def package_dirs(paths: Sequence[Path]) -> list[Path]:
+    """Package folders named by `paths`, a build output standing for every package inside it."""
     found = []
     for path in paths:
         if (path / MANIFEST_NAME).is_file():
