@@ -13,7 +13,9 @@ from pathlib import Path
 from phiexport.errors import BuildError
 from phiexport.source import Checkpoint
 
-BUILDER_OPTIONS = frozenset({"algo_config", "block_size", "is_symmetric", "accuracy_level", "hf_remote"})
+BUILDER_OPTIONS = frozenset(
+    {"algo_config", "block_size", "is_symmetric", "accuracy_level", "hf_remote", "shared_embeddings"}
+)
 
 
 def stage_checkpoint(checkpoint: Checkpoint, scratch: Path) -> Path:

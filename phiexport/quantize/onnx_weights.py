@@ -21,20 +21,26 @@ import torch
 from phiexport.errors import BuildError
 from phiexport.quantize.grid import QuantizedWeight
 
-# builder node path → HF linears whose rows it stacks (first alternative present wins); ("gate_up_proj", 0) is a half
+# builder node path → HF linears whose rows it stacks (first alternative present wins). A (name, part) pair takes
+# the node's N rows from a fused HF linear: "head" the first N, "middle" the N before the last N, "tail" the last N
+# (fused qkv is [q; k; v] with k and v equally wide; fused gate_up is [gate; up]).
 _BUILDER_SOURCES: dict[str, tuple[tuple[Any, ...], ...]] = {
     "attn/qkv_proj": (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.qkv_proj",)),
+    "attn/q_proj": (("self_attn.q_proj",), (("self_attn.qkv_proj", "head"),)),  # DirectML keeps q/k/v apart
+    "attn/k_proj": (("self_attn.k_proj",), (("self_attn.qkv_proj", "middle"),)),
+    "attn/v_proj": (("self_attn.v_proj",), (("self_attn.qkv_proj", "tail"),)),
     "attn/o_proj": (("self_attn.o_proj",),),
-    "mlp/gate_proj": (("mlp.gate_proj",), (("mlp.gate_up_proj", 0),)),
-    "mlp/up_proj": (("mlp.up_proj",), (("mlp.gate_up_proj", 1),)),
+    "mlp/gate_proj": (("mlp.gate_proj",), (("mlp.gate_up_proj", "head"),)),
+    "mlp/up_proj": (("mlp.up_proj",), (("mlp.gate_up_proj", "tail"),)),
     "mlp/down_proj": (("mlp.down_proj",),),
 }
 _NODE = re.compile(r"^/model/layers\.(\d+)/(attn/\w+|mlp/\w+)/MatMul")
 MATCH_TOLERANCE = 0.25  # ‖ours − builder's‖ / ‖builder's‖ when both round the same dequantized weight
 
 
-def builder_weight(node_name: str, weights: dict[str, QuantizedWeight]) -> QuantizedWeight | None:
-    """The codes for the builder's MatMulNBits node `node_name`, stacked from HF linears; None if not quantized."""
+def builder_weight(node_name: str, rows: int, weights: dict[str, QuantizedWeight]) -> QuantizedWeight | None:
+    """The codes for the builder's MatMulNBits node `node_name` (`rows` outputs), stacked from or cut out of HF
+    linears; None if not quantized."""
     match = _NODE.match(node_name)
     if not match or match.group(2) not in _BUILDER_SOURCES:
         return None
@@ -42,13 +48,14 @@ def builder_weight(node_name: str, weights: dict[str, QuantizedWeight]) -> Quant
     for alternative in _BUILDER_SOURCES[match.group(2)]:
         parts = []
         for source in alternative:
-            name, half = (source, None) if isinstance(source, str) else source
+            name, part = (source, None) if isinstance(source, str) else source
             if prefix + name not in weights:
                 break
             weight = weights[prefix + name]
-            if half is not None:
-                rows = weight.codes.shape[0] // 2
-                weight = weight.rows(half * rows, (half + 1) * rows)
+            if part is not None:
+                total = weight.codes.shape[0]
+                start = {"head": 0, "middle": total - 2 * rows, "tail": total - rows}[part]
+                weight = weight.rows(start, start + rows)
             parts.append(weight)
         else:
             return _stack(parts)
@@ -66,12 +73,12 @@ def write_matmul_nbits(model_path: Path, weights: dict[str, QuantizedWeight]) ->
     for node in model.graph.node:
         if node.op_type != "MatMulNBits":
             continue
-        weight = builder_weight(node.name, weights)
+        attrs = {attribute.name: attribute for attribute in node.attribute}
+        weight = builder_weight(node.name, attrs["N"].i, weights)
         if weight is None and node.name.startswith("/lm_head/"):
             continue  # the LM head keeps the builder's rounding (see quantize/calibrated.py)
         if weight is None:
             raise BuildError(f"no calibrated weight for the builder's node {node.name}", "report a bug")
-        attrs = {attribute.name: attribute for attribute in node.attribute}
         builder = _dequantize_nbits(node, initializers, attrs)
         ours = weight.dequantize().numpy()
         if builder.shape != ours.shape:
@@ -83,8 +90,9 @@ def write_matmul_nbits(model_path: Path, weights: dict[str, QuantizedWeight]) ->
             )
         grid = weight.grid
         packed, scales, zero_points = pack_matmul_nbits(weight)
+        scale_type = onnx.helper.tensor_dtype_to_np_dtype(initializers[node.input[2]].data_type)  # fp16 on DirectML
         initializers[node.input[1]].CopyFrom(numpy_helper.from_array(packed, node.input[1]))
-        initializers[node.input[2]].CopyFrom(numpy_helper.from_array(scales, node.input[2]))
+        initializers[node.input[2]].CopyFrom(numpy_helper.from_array(scales.astype(scale_type), node.input[2]))
         if grid.symmetric:
             del node.input[3:]
         else:

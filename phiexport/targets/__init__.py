@@ -17,6 +17,8 @@ class Target:
     needs_calibration: bool  # True when activations are quantized with calibration data
     evaluated_on: str  # where phiexport checks its numerics on this machine
     description: str
+    op_contract: str | None = None  # name of the operator list every graph must stay within (targets.op_contract)
+    builder_options: tuple[tuple[str, str], ...] = ()  # genai builder options this device needs
 
 
 TARGETS: dict[str, Target] = {}
@@ -29,4 +31,4 @@ def register_target(target: Target) -> Target:
     return target
 
 
-from phiexport.targets import cpu, npu  # noqa: E402,F401  (register themselves)
+from phiexport.targets import cpu, dml, npu  # noqa: E402,F401  (register themselves)

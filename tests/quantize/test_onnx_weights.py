@@ -53,11 +53,17 @@ def test_builder_nodes_stack_the_hf_linears_they_fuse():
     torch.manual_seed(0)
     parts = {name: quantize_rtn(torch.randn(rows, 64), grid) for name, rows in (("q", 8), ("k", 4), ("v", 4))}
     llama = {f"model.layers.3.self_attn.{name}_proj": weight for name, weight in parts.items()}
-    stacked = builder_weight("/model/layers.3/attn/qkv_proj/MatMul_Q4", llama)
+    stacked = builder_weight("/model/layers.3/attn/qkv_proj/MatMul_Q4", 16, llama)
     assert torch.equal(stacked.codes, torch.cat([parts[name].codes for name in "qkv"]))
 
     gate_up = quantize_rtn(torch.randn(16, 64), grid)
-    phi3 = {"model.layers.0.mlp.gate_up_proj": gate_up}
-    assert torch.equal(builder_weight("/model/layers.0/mlp/gate_proj/MatMul_Q4", phi3).codes, gate_up.codes[:8])
-    assert torch.equal(builder_weight("/model/layers.0/mlp/up_proj/MatMul_Q4", phi3).codes, gate_up.codes[8:])
-    assert builder_weight("/lm_head/MatMul_Q4", phi3) is None
+    qkv = quantize_rtn(torch.randn(16, 64), grid)  # 8 query rows, 4 key rows, 4 value rows
+    phi3 = {"model.layers.0.mlp.gate_up_proj": gate_up, "model.layers.0.self_attn.qkv_proj": qkv}
+    assert torch.equal(builder_weight("/model/layers.0/mlp/gate_proj/MatMul_Q4", 8, phi3).codes, gate_up.codes[:8])
+    assert torch.equal(builder_weight("/model/layers.0/mlp/up_proj/MatMul_Q4", 8, phi3).codes, gate_up.codes[8:])
+    assert builder_weight("/lm_head/MatMul_Q4", 8, phi3) is None
+
+    # the DirectML graph keeps q, k and v apart: each is cut out of the fused HF linear by its width
+    assert torch.equal(builder_weight("/model/layers.0/attn/q_proj/MatMul_Q4", 8, phi3).codes, qkv.codes[:8])
+    assert torch.equal(builder_weight("/model/layers.0/attn/k_proj/MatMul_Q4", 4, phi3).codes, qkv.codes[8:12])
+    assert torch.equal(builder_weight("/model/layers.0/attn/v_proj/MatMul_Q4", 4, phi3).codes, qkv.codes[12:])
