@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +44,24 @@ def stream_reply(
     if device is not None:
         raise UsageError(f"--device applies to NPU packages; {package_dir} is not one", "leave --device out")
     yield from _stream_genai(package_dir, prompt, max_new_tokens, system, raw, stats)
+
+
+def think_markers(package_dir: Path) -> tuple[str, str] | None:
+    """The markers around a reasoning model's thinking, from the chat format its recipe names (None: no block)."""
+    from phiexport.chat_formats import chat_format
+    from phiexport.package.manifest import read_manifest
+
+    name = read_manifest(package_dir)["recipe"].get("chat", {}).get("format")
+    return chat_format(name).think if name else None
+
+
+def split_thinking(text: str, think: tuple[str, str] | None) -> tuple[str, str]:
+    """(thinking, answer) of a reply so far; text before an opening marker is answer, an unclosed block is thinking."""
+    if think is None or think[0] not in text:
+        return "", text
+    before, _, rest = text.partition(think[0])
+    thinking, closed, after = rest.partition(think[1])
+    return thinking.strip(), (before + after).strip() if closed else before.strip()
 
 
 def _messages(prompt: str, system: str | None) -> list[dict[str, str]]:
@@ -97,13 +114,15 @@ def _stream_genai(
     package_dir: Path, prompt: str, max_new_tokens: int, system: str | None, raw: bool, stats: GenerationStats
 ) -> Iterator[str]:
     import onnxruntime_genai as og
+    from transformers import AutoTokenizer
 
     model = og.Model(str(package_dir))
     tokenizer = og.Tokenizer(model)
     if raw:
         text = prompt
-    else:
-        text = tokenizer.apply_chat_template(json.dumps(_messages(prompt, system)), add_generation_prompt=True)
+    else:  # the package's own template through transformers, as the build's check and eval format prompts
+        template = AutoTokenizer.from_pretrained(package_dir)
+        text = str(template.apply_chat_template(_messages(prompt, system), tokenize=False, add_generation_prompt=True))
     tokens = tokenizer.encode(text)
     stats.prompt_tokens = len(tokens)
     params = og.GeneratorParams(model)

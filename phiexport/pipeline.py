@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phiexport.architectures.structure import compare_structure
+from phiexport.chat_formats import chat_format
 from phiexport.errors import BuildError, GateFailed
 from phiexport.evaluate.gates import check_gates, gates_report, split_gates
 from phiexport.evaluate.verify import verify_packages
@@ -21,6 +23,7 @@ from phiexport.export.capture import output_to_log
 from phiexport.export.genai_builder import export_with_builder, stage_checkpoint
 from phiexport.interrupts import deferred
 from phiexport.package.card import write_model_card
+from phiexport.package.chat import apply_chat_format
 from phiexport.package.manifest import write_manifest
 from phiexport.package.publish import rejected_path, staged_output
 from phiexport.progress import StageProgress
@@ -32,6 +35,7 @@ from phiexport.recipe import Recipe
 from phiexport.source import resolve_source
 from phiexport.targets import TARGETS
 from phiexport.targets.npu import build_npu_package
+from phiexport.targets.op_contract import load_contract
 
 
 @dataclass
@@ -80,6 +84,8 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
         with progress.stage("source", recipe.source.model):
             checkpoint = resolve_source(recipe.source, cache_root())
 
+        structure = compare_structure(recipe.structure, checkpoint.config, recipe.name) if recipe.structure else None
+        chat = chat_format(recipe.chat.format) if recipe.chat.format else None
         quant = recipe.quantization
         check_block_layout(checkpoint.config, quant)
         if any(TARGETS[name].static_shapes for name in recipe.targets):
@@ -94,6 +100,7 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
             options["hf_remote"] = "true"
         packages: dict[str, Path] = {}
         weights: dict[str, dict[str, Any]] = {}
+        operators: dict[str, dict[str, Any]] = {}  # targets with an operator contract: what was checked
         for name in recipe.targets:
             target = TARGETS[name]
             package_dir = staging / target.name
@@ -108,16 +115,19 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
                         package_dir,
                         precision=quant.precision,
                         execution_provider=target.execution_provider,
-                        options=options,
+                        options={**options, **dict(target.builder_options)},
                         cache_dir=Path(scratch) / "builder-cache",
                         log_path=log_path,
                     )
                     if calibrated is not None:
                         write_matmul_nbits(package_dir / "model.onnx", calibrated.weights)
                     weights[name] = check_weight_nodes(_graph_nodes(package_dir / "model.onnx"), quant)
+                    if target.op_contract:
+                        operators[name] = load_contract(target.op_contract).check(package_dir / "model.onnx")
                     if calibrated is not None:
                         weights[name]["calibrated"] = calibrated.summary
             packages[name] = package_dir
+        chat_setup = {name: apply_chat_format(path, chat) for name, path in packages.items()} if chat else {}
 
         evaluation = recipe.evaluation
         if static := [recipe.npu.context_length for name in recipe.targets if TARGETS[name].static_shapes]:
@@ -130,6 +140,7 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
                 evaluation,
                 trust_remote_code=recipe.source.trust_remote_code,
                 track=progress.track,
+                chat_template=chat.template if chat else None,
             )
 
         gates, left_to_eval = split_gates(recipe.gates, BUILD_METRICS)
@@ -140,6 +151,13 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
             for name, package_dir in packages.items():
                 target = TARGETS[name]
                 reports[name]["gates"] = {**gates_report(gates, failures[name]), "left_to_eval": left_to_eval}
+                reports[name]["evaluated_on"] = target.evaluated_on
+                if name in operators:
+                    reports[name]["operators"] = operators[name]
+                if structure is not None:
+                    reports[name]["structure"] = structure
+                if name in chat_setup:
+                    reports[name]["chat"] = chat_setup[name]
                 report_text = json.dumps(reports[name], indent=2) + "\n"
                 (package_dir / "report.json").write_text(report_text, encoding="utf-8")
                 write_model_card(

@@ -180,10 +180,87 @@ class NpuConfig(_Strict):
         return self
 
 
+class RopeStructure(_Strict):
+    """Rotary position embedding as the published config defines it."""
+
+    type: Literal["default", "llama3", "longrope"] = "default"
+    theta: float = Field(gt=0)
+    partial_rotary: float = Field(1.0, gt=0, le=1, description="Share of head_dim that is rotated")
+    original_context: int | None = Field(None, ge=1, description="llama3/longrope: context the factors start from")
+    factor: float | None = Field(None, gt=0, description="llama3: frequency scale")
+    low_freq_factor: float | None = Field(None, gt=0, description="llama3")
+    high_freq_factor: float | None = Field(None, gt=0, description="llama3")
+    short_factor: tuple[float, ...] | None = Field(None, description="longrope: per-frequency factors within context")
+    long_factor: tuple[float, ...] | None = Field(None, description="longrope: per-frequency factors beyond it")
+
+
+class StructureConfig(_Strict):
+    """The real model's structure, copied from its published config.json (`source`).
+
+    Miniature test models are generated from it (same head_dim, rope and tying; fewer layers, narrower, smaller
+    vocabulary), and a build checks the checkpoint against it: a different head_dim, rope, tying or architecture is
+    another model and is refused; different sizes (a miniature, a pruned variant) are reported.
+    """
+
+    architecture: str = Field(description="config.json architectures[0], e.g. Phi3ForCausalLM")
+    layers: int = Field(ge=1)
+    hidden_size: int = Field(ge=1)
+    intermediate_size: int = Field(ge=1)
+    attention_heads: int = Field(ge=1)
+    kv_heads: int = Field(ge=1)
+    head_dim: int = Field(ge=8)
+    vocab_size: int = Field(ge=2)
+    context_length: int = Field(ge=1, description="max_position_embeddings")
+    tied_embeddings: bool
+    attention_bias: bool = Field(False, description="q/k/v projections carry biases (Qwen2)")
+    qk_norm: bool = Field(False, description="RMSNorm on each head's queries and keys (Qwen3)")
+    rope: RopeStructure
+    source: str = Field(min_length=1, description="Where the values were read: the config.json URL at a revision")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StructureConfig:
+        if self.attention_heads % self.kv_heads:
+            raise ValueError(f"{self.attention_heads} attention heads do not group over {self.kv_heads} KV heads")
+        rope = self.rope
+        if rope.type == "longrope":
+            pairs = int(self.head_dim * rope.partial_rotary) // 2
+            for name in ("short_factor", "long_factor"):
+                factors = getattr(rope, name)
+                if factors is None or len(factors) != pairs:
+                    raise ValueError(f"rope.{name} needs {pairs} values (head_dim × partial_rotary / 2)")
+            if rope.original_context is None:
+                raise ValueError("longrope needs rope.original_context")
+        if rope.type == "llama3" and None in (
+            rope.factor,
+            rope.low_freq_factor,
+            rope.high_freq_factor,
+            rope.original_context,
+        ):
+            raise ValueError("llama3 rope needs factor, low_freq_factor, high_freq_factor and original_context")
+        return self
+
+
+class ChatConfig(_Strict):
+    """The model family's chat layout and stop tokens (phiexport.chat_formats)."""
+
+    format: str | None = Field(None, description="A chat format name; null keeps what the checkpoint has")
+
+    @field_validator("format")
+    @classmethod
+    def _format_known(cls, value: str | None) -> str | None:
+        from phiexport.chat_formats import FORMATS
+
+        if value is not None and value not in FORMATS:
+            raise ValueError(f"unknown chat format {value!r}; choose one of {', '.join(FORMATS)}")
+        return value
+
+
 class Recipe(_Strict):
     version: Literal[1] = Field(description="Recipe schema version")
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)
     source: SourceConfig
+    structure: StructureConfig | None = None
+    chat: ChatConfig = ChatConfig()
     quantization: QuantizationConfig = QuantizationConfig()
     targets: tuple[str, ...] = Field(("cpu",), min_length=1)
     evaluation: EvaluationConfig = EvaluationConfig()

@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from phiexport.recipe import Recipe, StructureConfig
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 2000  # differs from every projection width below (the builder takes any Linear of vocab width for lm_head)
@@ -39,8 +42,17 @@ QWEN_TEMPLATE = (
 )
 
 
-def save_tokenizer(directory: Path, special: list[str], chat_template: str, bos: str, eos: str) -> dict[str, int]:
-    """Train a byte-level BPE of VOCAB tokens on the calibration questions; returns the special token ids."""
+def save_tokenizer(
+    directory: Path,
+    special: list[str],
+    chat_template: str,
+    bos: str,
+    eos: str,
+    think: tuple[str, str] | None = None,
+) -> dict[str, int]:
+    """Train a byte-level BPE of VOCAB tokens on the calibration questions; returns the special token ids.
+
+    `think` markers are added as ordinary tokens, as the reasoning models have them (decoding keeps them)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -50,12 +62,16 @@ def save_tokenizer(directory: Path, special: list[str], chat_template: str, bos:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
+        vocab_size=VOCAB - len(think or ()),
         special_tokens=special,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer)
+    if think:
+        from tokenizers import AddedToken
+
+        bpe.add_tokens([AddedToken(marker, special=False, normalized=False) for marker in think])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token=bos, eos_token=eos, pad_token=eos, chat_template=chat_template
     )
@@ -166,8 +182,141 @@ def make_qwen2_mini(directory: Path) -> Path:
     return directory
 
 
+def make_qwen3_mini(directory: Path) -> Path:
+    """Qwen3 structure (q/k norms, attention wider than the hidden size, thinking chat), from its recipe."""
+    from phiexport.recipe import load_recipe
+
+    return make_recipe_miniature(load_recipe("qwen3-0.6b"), directory)
+
+
 MINIATURES: dict[str, Callable[[Path], Path]] = {
     "phi3": make_phi4_mini,
     "llama": make_llama_mini,
     "qwen2": make_qwen2_mini,
+    "qwen3": make_qwen3_mini,
 }
+
+
+# --- miniatures generated from a recipe's recorded structure -------------------------------------------------------
+
+MINI_LAYERS = 2
+MINI_KV_HEADS = 2
+MINI_HEADS = 8
+MINI_LONGROPE_CONTEXT = 64  # original context of a LongRoPE miniature, so tests reach the long factors quickly
+MINI_CONTEXT = 4096
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, round(value / multiple) * multiple)
+
+
+def miniature_config(structure: StructureConfig, ids: dict[str, int], bos: str, eos: str) -> dict[str, Any]:
+    """A published-style config.json for a miniature of `structure`: 2 layers, at most 2 KV heads and 8 query heads
+    with the real number of query heads per KV head; the real head_dim, rope (kind, theta, factors, partial rotary),
+    tying and biases; width, MLP and context scaled down in the real proportions; the VOCAB-token vocabulary."""
+    from phiexport.architectures import ARCHITECTURES
+
+    model_type = next(a.model_type for a in ARCHITECTURES.values() if a.hf_class == structure.architecture)
+    group = structure.attention_heads // structure.kv_heads
+    kv = max(1, min(structure.kv_heads, MINI_KV_HEADS, MINI_HEADS // group))  # Qwen2.5's 7 per group: one KV head
+    heads = kv * group
+    width = structure.hidden_size / (structure.attention_heads * structure.head_dim)
+    hidden = _round_to(heads * structure.head_dim * width, 64)
+    rope = structure.rope
+    context = min(structure.context_length, MINI_CONTEXT)
+    config: dict[str, Any] = {
+        "architectures": [structure.architecture],
+        "model_type": model_type,
+        "vocab_size": VOCAB,
+        "hidden_size": hidden,
+        "intermediate_size": _round_to(hidden * structure.intermediate_size / structure.hidden_size, 64),
+        "num_hidden_layers": MINI_LAYERS,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "head_dim": structure.head_dim,
+        "max_position_embeddings": context,
+        "tie_word_embeddings": structure.tied_embeddings,
+        "rope_theta": rope.theta,
+        "rms_norm_eps": 1e-5,
+        "hidden_act": "silu",
+        "bos_token_id": ids[bos],
+        "eos_token_id": ids[eos],
+        "pad_token_id": ids[eos],
+        "torch_dtype": "float32",
+    }
+    if structure.attention_bias and model_type != "qwen2":
+        config["attention_bias"] = True
+    if rope.partial_rotary != 1.0:
+        config["partial_rotary_factor"] = rope.partial_rotary
+    if rope.type == "longrope":
+        assert rope.original_context is not None
+        ratio = structure.context_length // rope.original_context
+        config["original_max_position_embeddings"] = MINI_LONGROPE_CONTEXT
+        config["max_position_embeddings"] = MINI_LONGROPE_CONTEXT * ratio
+        config["rope_scaling"] = {
+            "type": "longrope",
+            "short_factor": list(rope.short_factor or ()),
+            "long_factor": list(rope.long_factor or ()),
+        }
+    elif rope.type == "llama3":
+        config["rope_scaling"] = {
+            "rope_type": "llama3",
+            "factor": rope.factor,
+            "low_freq_factor": rope.low_freq_factor,
+            "high_freq_factor": rope.high_freq_factor,
+            "original_max_position_embeddings": rope.original_context,
+        }
+    return config
+
+
+def make_recipe_miniature(recipe: Recipe, directory: Path) -> Path:
+    """A random-weight checkpoint with the structure and chat format of `recipe` (which must record both)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from phiexport.chat_formats import chat_format
+
+    assert recipe.structure is not None and recipe.chat.format is not None, f"{recipe.name}: no structure or chat"
+    fmt = chat_format(recipe.chat.format)
+    special = list(dict.fromkeys([*fmt.special_tokens, *fmt.stop_tokens]))
+    bos = next((t for t in ("<|begin_of_text|>", "<|endoftext|>") if t in special), special[0])
+    ids = save_tokenizer(directory, special, fmt.template, bos=bos, eos=fmt.stop_tokens[0], think=fmt.think)
+    published = miniature_config(recipe.structure, ids, bos, fmt.stop_tokens[0])
+    (directory / "config.json").write_text(json.dumps(published, indent=2))
+    config = AutoConfig.from_pretrained(directory)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # random biases and q/k norm weights, so an export that drops them shows in the logits
+        for layer in model.model.layers:
+            attention = layer.self_attn
+            if recipe.structure.attention_bias:
+                for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
+                    projection.bias.normal_(0.0, 0.5)
+            if recipe.structure.qk_norm:
+                attention.q_norm.weight.uniform_(0.5, 2.0)
+                attention.k_norm.weight.uniform_(0.5, 2.0)
+    model.save_pretrained(directory)
+    (directory / "config.json").write_text(json.dumps(published, indent=2))  # as published, not as transformers saves
+    return directory
+
+
+# What the suite shortens when it builds a recipe on its miniature: how much text is scored and calibrated, never the
+# recipe's structure, quantization or targets. The NPU cache is capped by the miniature's own context.
+QUICK_CHECK = {
+    "evaluation": {"sequences": 4, "greedy_prompts": 1, "greedy_tokens": 8},
+    "calibration": {"sequences": 8},
+    "npu": {"activation_sequences": 4, "simulator_decode_tokens": 1},
+    "gates": {"max_kl": 1.0, "min_top1": None, "max_ppl_ratio": 2.0},
+}
+
+
+def on_miniature(recipe: Recipe, model_dir: Path, *, quick: bool, **overrides: Any) -> Recipe:
+    """`recipe` pointed at its miniature in `model_dir`, its NPU cache within the miniature's context."""
+    context = json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
+    changes: dict[str, Any] = {"source": {"model": str(model_dir), "revision": None}}
+    if recipe.npu.context_length > context:
+        changes["npu"] = {"context_length": context // recipe.npu.chunk * recipe.npu.chunk}
+    for update in (QUICK_CHECK if quick else {}, overrides):
+        for key, value in update.items():
+            changes[key] = {**changes.get(key, {}), **value} if isinstance(value, dict) else value
+    return recipe.with_overrides(changes)

@@ -90,4 +90,4 @@ def kv_heads(config: Config) -> int:
     return int(config.get("num_key_value_heads") or config["num_attention_heads"])
 
 
-from phiexport.architectures import llama, phi3, qwen2  # noqa: E402,F401  (register themselves)
+from phiexport.architectures import llama, phi3, qwen2, qwen3  # noqa: E402,F401  (register themselves)

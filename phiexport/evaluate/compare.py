@@ -166,11 +166,14 @@ def evaluate_packages(
     *,
     trust_remote_code: bool,
     track: Track,
+    chat_template: str | None = None,
 ) -> Evaluation:
-    """Score every subject against `reference` (teacher-forced metrics, then GSM8K answers) and check its gates."""
+    """Score every subject against `reference` (teacher-forced metrics, then GSM8K answers) and check its gates.
+    `chat_template` (the recipe's chat format) formats prompts when the reference's tokenizer has none."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(reference.path, trust_remote_code=trust_remote_code)
+    tokenizer.chat_template = tokenizer.chat_template or chat_template
     contexts = [s.context for s in subjects if s.context is not None]
     max_tokens = min([evaluation.max_tokens, *contexts])  # every row scores the same streams: cut to the smallest cache
     sequences = scored_sequences(tokenizer, evaluation.sequences, max_tokens)

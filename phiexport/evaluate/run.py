@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from phiexport.chat_formats import chat_format
 from phiexport.errors import GateFailed, UsageError
 from phiexport.evaluate.compare import (
     EVAL_SCHEMA,
@@ -56,6 +57,7 @@ def run_eval(
         output / RAW_DIR,
         trust_remote_code=source.trust_remote_code,
         track=progress.track,
+        chat_template=chat_format(settings.chat.format).template if settings.chat.format else None,
     )
     with progress.stage("report card"):
         markdown = write_report_card(evaluation, output)

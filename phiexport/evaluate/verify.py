@@ -28,11 +28,16 @@ def verify_packages(
     *,
     trust_remote_code: bool,
     track: Track[Any],
+    chat_template: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """A report per package (keyed like `packages`): perplexity, KL, top-1 and greedy agreement."""
+    """A report per package (keyed like `packages`): perplexity, KL, top-1 and greedy agreement.
+
+    `chat_template` formats the prompts when the checkpoint's tokenizer has none (the packages got it too).
+    """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, trust_remote_code=trust_remote_code)
+    tokenizer.chat_template = tokenizer.chat_template or chat_template
     sequences = scored_sequences(tokenizer, evaluation.sequences, evaluation.max_tokens)
     if not sequences:
         raise BuildError("no evaluation sequence survived tokenization", "raise evaluation.max_tokens in the recipe")

@@ -1,7 +1,8 @@
 """Static-shape ONNX graphs for NPUs: the decoder body over a fixed chunk, and the CPU-side embeddings and LM head.
 
 The body graph is written from a module that calls the checkpoint's own norms, projections and MLP, so every
-architecture transformers supports with the Llama layout (Llama, Phi-3, Qwen2) exports without a per-model rewrite.
+architecture transformers supports with the Llama layout (Llama, Phi-3, Qwen2, Qwen3) exports without a per-model
+rewrite.
 Its attention is spelled out in the form the HTP runs (docs/npu.md): the query heads of each KV group are folded
 into the row axis, so every tensor stays 4-D and K/V are never repeated; the mask is additive.
 
@@ -140,12 +141,12 @@ def _modules() -> tuple[type, type, type]:
             steps = x.shape[1]
             attn = layer.self_attn
             query, key, value = _project_qkv(attn, x, lay)
-            query = _rotate(
-                query.view(1, steps, lay.heads, lay.head_dim).transpose(1, 2), cos, sin, lay.rotary_dim, lay.head_dim
-            )
-            key = _rotate(
-                key.view(1, steps, lay.kv_heads, lay.head_dim).transpose(1, 2), cos, sin, lay.rotary_dim, lay.head_dim
-            )
+            query = query.view(1, steps, lay.heads, lay.head_dim)
+            key = key.view(1, steps, lay.kv_heads, lay.head_dim)
+            if hasattr(attn, "q_norm"):  # Qwen3 normalizes each head's queries and keys before the rotation
+                query, key = attn.q_norm(query), attn.k_norm(key)
+            query = _rotate(query.transpose(1, 2), cos, sin, lay.rotary_dim, lay.head_dim)
+            key = _rotate(key.transpose(1, 2), cos, sin, lay.rotary_dim, lay.head_dim)
             value = value.view(1, steps, lay.kv_heads, lay.head_dim).transpose(1, 2)
             group = lay.heads // lay.kv_heads
             # fold: [1, H, S, D] → [1, Hkv, group·S, D], rows ordered (head in group, step)
