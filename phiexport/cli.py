@@ -184,6 +184,8 @@ def build(
             "gates": _given(max_kl=max_kl, min_top1=min_top1, max_ppl_ratio=max_ppl_ratio),
             "npu": _given(socs=tuple(soc) if soc else None, context_length=context_length, chunk=chunk),
         }
+        if source is not None and revision is None:
+            overrides["source"]["revision"] = None  # a recipe's Hub revision does not apply to another source
         if target:
             overrides["targets"] = tuple(target)
         resolved = base.with_overrides(overrides)

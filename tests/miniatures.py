@@ -223,7 +223,8 @@ def miniature_config(structure: StructureConfig, ids: dict[str, int], bos: str, 
     width = structure.hidden_size / (structure.attention_heads * structure.head_dim)
     hidden = _round_to(heads * structure.head_dim * width, 64)
     rope = structure.rope
-    context = min(structure.context_length, MINI_CONTEXT)
+    # llama3 keeps its original context (8192), which transformers wants below the maximum
+    context = min(structure.context_length, max(MINI_CONTEXT, 2 * (rope.original_context or 0)))
     config: dict[str, Any] = {
         "architectures": [structure.architecture],
         "model_type": model_type,

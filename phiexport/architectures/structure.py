@@ -19,8 +19,9 @@ FACTOR_TOLERANCE = 1e-6
 
 
 def read_structure(config: Config, source: str) -> StructureConfig:
-    """The structure a config.json describes (published, or as transformers 5 saves it)."""
-    return StructureConfig(
+    """The structure a config.json describes (published, or as transformers 5 saves it); taken as found, without a
+    recipe's consistency rules, so that it can be compared field by field."""
+    return StructureConfig.model_construct(
         architecture=(config.get("architectures") or ["?"])[0],
         layers=config["num_hidden_layers"],
         hidden_size=config["hidden_size"],
@@ -51,7 +52,7 @@ def _read_rope(config: Config) -> RopeStructure:
     partial = scaling.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
     original = scaling.get("original_max_position_embeddings", config.get("original_max_position_embeddings"))
     if kind == "longrope":
-        return RopeStructure(
+        return RopeStructure.model_construct(
             type="longrope",
             theta=theta,
             partial_rotary=partial,
@@ -60,7 +61,7 @@ def _read_rope(config: Config) -> RopeStructure:
             long_factor=tuple(scaling["long_factor"]),
         )
     if kind == "llama3":
-        return RopeStructure(
+        return RopeStructure.model_construct(
             type="llama3",
             theta=theta,
             partial_rotary=partial,
@@ -71,7 +72,7 @@ def _read_rope(config: Config) -> RopeStructure:
         )
     if kind != "default":
         raise SourceError(f"unsupported rope type {kind!r}", "phiexport exports default, llama3 and longrope rotary")
-    return RopeStructure(type="default", theta=theta, partial_rotary=partial)
+    return RopeStructure.model_construct(type="default", theta=theta, partial_rotary=partial)
 
 
 def compare_structure(recorded: StructureConfig, config: Config, recipe_name: str) -> dict[str, Any]:
