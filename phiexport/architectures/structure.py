@@ -48,8 +48,8 @@ def _attention_bias(config: Config) -> bool:
 def _read_rope(config: Config) -> RopeStructure:
     scaling: dict[str, Any] = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
     kind = scaling.get("rope_type") or scaling.get("type") or "default"
-    theta = float(scaling.get("rope_theta", config.get("rope_theta", 10000.0)))
-    partial = float(scaling.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)))
+    theta = float(scaling.get("rope_theta") or config.get("rope_theta") or 10000.0)
+    partial = float(scaling.get("partial_rotary_factor") or config.get("partial_rotary_factor") or 1.0)
     original = scaling.get("original_max_position_embeddings", config.get("original_max_position_embeddings"))
     if kind == "longrope":
         return RopeStructure.model_construct(
