@@ -28,14 +28,17 @@ class ChatFormat:
     source: str = ""  # the published template this layout follows
 
 
+def _default_system(opening: str, text: str, closing: str) -> str:
+    """The system turn a template adds when the conversation brings none (empty `text`: none added)."""
+    if not text:
+        return ""
+    turn = repr(opening + text + closing)
+    return f"{{% if messages[0]['role'] != 'system' %}}{{{{ {turn} }}}}{{% endif %}}"
+
+
 def _phi_tags(separator: str, default_system: str = "") -> str:
     """`<|role|>content<|end|>` turns (Phi-3.5 puts a newline after each tag and turn; Phi-4-mini does not)."""
-    system = (
-        "{% if messages[0]['role'] != 'system' %}"
-        f"{{{{ '<|system|>{separator}' + {default_system!r} + '<|end|>{separator}' }}}}{{% endif %}}"
-        if default_system
-        else ""
-    )
+    system = _default_system(f"<|system|>{separator}", default_system, f"<|end|>{separator}")
     return (
         system + "{% for message in messages %}{% if message['content'] or message['role'] != 'system' %}"
         f"{{{{ '<|' + message['role'] + '|>{separator}' + message['content'] + '<|end|>{separator}' }}}}"
@@ -47,12 +50,7 @@ def _phi_tags(separator: str, default_system: str = "") -> str:
 
 def _im_sep(default_system: str = "") -> str:
     """Phi-4's `<|im_start|>role<|im_sep|>content<|im_end|>` turns."""
-    system = (
-        "{% if messages[0]['role'] != 'system' %}"
-        f"{{{{ '<|im_start|>system<|im_sep|>' + {default_system!r} + '<|im_end|>' }}}}{{% endif %}}"
-        if default_system
-        else ""
-    )
+    system = _default_system("<|im_start|>system<|im_sep|>", default_system, "<|im_end|>")
     return (
         system + "{% for message in messages %}"
         "{{ '<|im_start|>' + message['role'] + '<|im_sep|>' + message['content'] + '<|im_end|>' }}{% endfor %}"
@@ -62,12 +60,7 @@ def _im_sep(default_system: str = "") -> str:
 
 def _chatml(default_system: str = "") -> str:
     """Qwen's ChatML: `<|im_start|>role\\ncontent<|im_end|>\\n`."""
-    system = (
-        "{% if messages[0]['role'] != 'system' %}"
-        f"{{{{ '<|im_start|>system\\n' + {default_system!r} + '<|im_end|>\\n' }}}}{{% endif %}}"
-        if default_system
-        else ""
-    )
+    system = _default_system("<|im_start|>system\n", default_system, "<|im_end|>\n")
     return (
         system + "{% for message in messages %}"
         "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}"

@@ -89,15 +89,7 @@ def compare_structure(recorded: StructureConfig, config: Config, recipe_name: st
         if getattr(found.rope, name) != getattr(recorded.rope, name)
     ]
     for name in ("short_factor", "long_factor"):
-        ours, theirs = getattr(recorded.rope, name), getattr(found.rope, name)
-        if (ours is None) != (theirs is None) or (
-            ours is not None
-            and theirs is not None
-            and (
-                len(ours) != len(theirs)
-                or any(abs(a - b) > FACTOR_TOLERANCE for a, b in zip(ours, theirs, strict=True))
-            )
-        ):
+        if not _same_factors(getattr(recorded.rope, name), getattr(found.rope, name)):
             mismatches.append(f"rope.{name} differs from the recipe's")
     if mismatches:
         raise SourceError(
@@ -117,3 +109,9 @@ def compare_structure(recorded: StructureConfig, config: Config, recipe_name: st
     if found.rope.original_context != recorded.rope.original_context:
         differs["rope.original_context"] = found.rope.original_context
     return {"matches_recipe": not differs, "differs": differs, "recorded": recorded.source}
+
+
+def _same_factors(ours: tuple[float, ...] | None, theirs: tuple[float, ...] | None) -> bool:
+    if ours is None or theirs is None:
+        return ours is theirs
+    return len(ours) == len(theirs) and all(abs(a - b) <= FACTOR_TOLERANCE for a, b in zip(ours, theirs, strict=True))
