@@ -39,6 +39,11 @@ def _stderr_console() -> Console:
     return Console(file=os.fdopen(os.dup(2), "w", buffering=1), stderr=True)
 
 
+def _stdout_console() -> Console:
+    """A terminal's own width; piped or redirected, whole lines (rich would fold tables at 80 columns)."""
+    return Console() if sys.stdout.isatty() else Console(width=240)
+
+
 def _report(error: PhiexportError, as_json: bool) -> None:
     if isinstance(error, GateFailed):  # one line per failed gate, then what became of the packages
         for line in error.lines:
@@ -205,8 +210,8 @@ def build(
             print(
                 json.dumps(
                     {
-                        "output": str(result.output),
-                        "packages": {name: str(path) for name, path in result.packages.items()},
+                        "output": str(result.output.absolute()),
+                        "packages": {name: str(path.absolute()) for name, path in result.packages.items()},
                         "metrics": {name: report["metrics"] for name, report in result.reports.items()},
                         "timings_s": result.timings,
                     },
@@ -228,7 +233,7 @@ def build(
                 f"{m['top1_agreement']:.1%}",
             )
         first = next(iter(result.packages.values()))
-        stdout = Console()
+        stdout = _stdout_console()
         stdout.print(table)
         stdout.print(f'run it: phiexport run {first} "Hello"    inspect it: phiexport inspect {first}')
 
@@ -334,10 +339,10 @@ def evaluate(
         if as_json:
             if failure:  # stdout holds one JSON object: the error, whose fix names the report
                 raise failure
-            print(json.dumps({"report": str(markdown), **evaluation.report}, indent=2))
+            print(json.dumps({"report": str(markdown.absolute()), **evaluation.report}, indent=2))
             return
         _print_card(evaluation.report)
-        Console().print(f"report: {markdown}")
+        _stdout_console().print(f"report: {markdown}")
         if failure:
             raise failure
 
@@ -370,7 +375,7 @@ def _print_card(report: dict[str, Any]) -> None:
             f"{t['seconds_per_problem']}" if t else "–",
             "pass" if row["gates"]["passed"] else "FAIL",
         )
-    Console().print(table)
+    _stdout_console().print(table)
 
 
 @app.command()
@@ -387,7 +392,7 @@ def inspect(
         if as_json:
             print(json.dumps(summary, indent=2))
             return
-        console = Console()
+        console = _stdout_console()
         console.print(
             f"[bold]{summary['package']}[/bold]  target {summary['target']['name']}, recipe "
             f"{summary['recipe']}, phiexport {summary['phiexport']}"

@@ -11,12 +11,11 @@ import numpy as np
 class TorchReference:
     def __init__(self, checkpoint_dir: Path, *, trust_remote_code: bool = False):
         import torch
-        from transformers import AutoModelForCausalLM
+
+        from phiexport.source.torch_model import load_fp32_model
 
         self._torch = torch
-        self.model = AutoModelForCausalLM.from_pretrained(
-            checkpoint_dir, dtype=torch.float32, trust_remote_code=trust_remote_code
-        ).eval()
+        self.model = load_fp32_model(checkpoint_dir, trust_remote_code=trust_remote_code)
 
     def logits(self, token_ids: list[int]) -> np.ndarray:
         """`[len(token_ids), vocab]` float32 logits of one teacher-forced pass."""

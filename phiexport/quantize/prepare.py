@@ -16,15 +16,11 @@ from phiexport.quantize.calibrated import CalibratedWeights
 from phiexport.recipe import Recipe
 from phiexport.source import Checkpoint
 from phiexport.source.hf_dir import read_json
+from phiexport.source.torch_model import load_fp32_model
 
 
 def load_float_model(checkpoint: Checkpoint, *, trust_remote_code: bool) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(
-        checkpoint.path, dtype=torch.float32, trust_remote_code=trust_remote_code
-    ).eval()
+    return load_fp32_model(checkpoint.path, trust_remote_code=trust_remote_code)
 
 
 def calibration_text(checkpoint: Checkpoint, recipe: Recipe, max_tokens: int | None = None) -> list[list[int]]:

@@ -49,10 +49,12 @@ def dequantized_checkpoint(path: Path, sha256: str, cache_root: Path) -> Path:
 
 
 def _dequantize(path: Path, output: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from phiexport.source.torch_model import load_fp32_model
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="float32")
+        model = load_fp32_model(path.parent, gguf_file=path.name)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         raise SourceError(

@@ -52,6 +52,8 @@ def test_an_fp32_package_scores_and_answers_exactly_as_its_reference(mini_packag
     assert int4["metrics"]["kl_mean"] > 1e-4  # the int4 rounding is measured, not hidden
     assert report["data"]["tokens"] == fp32["metrics"]["tokens"] == int4["metrics"]["tokens"] > 100
     assert report["passed"] and report["schema"] == "phiexport.eval/1"
+    assert Path(report["report"]) == report_dir / "report.md" and Path(fp32["path"]) == mini_packages["fp32"]
+    assert "Loading weights" not in result.stderr  # under --json, no transformers bar either
 
     assert json.loads((report_dir / "report.json").read_text())["packages"] == report["packages"]
     markdown = (report_dir / "report.md").read_text()
@@ -68,9 +70,14 @@ def test_a_gate_missed_in_eval_exits_4_with_one_line_and_the_report_written(mini
     lines = error_lines(result)
     assert lines[-2].startswith("gate failed: kl_mean ") and lines[-2].endswith(" > 1e-06 (cpu-int4)")
     assert lines[-1].startswith("error: 1 of 1 packages failed their gates — fix: see ")
+    # Piped, the card prints whole numbers (rich alone would squeeze it into 80 columns: "0.0…").
+    (row,) = [line for line in result.stdout.splitlines() if "cpu-int4" in line]
+    cells = [cell.strip() for cell in row.strip().strip("│").split("│")]
+    assert "…" not in result.stdout and cells[-1] == "FAIL", result.stdout
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["passed"] is False and report["gates"] == {"max_kl": 1e-6, "max_ppl_ratio": 2.0}
     assert "**FAIL**" in (tmp_path / "r" / "report.md").read_text()
+    assert abs(float(cells[2]) - report["packages"][0]["metrics"]["kl_mean"]) < 1e-4
 
 
 def test_a_larger_evaluation_reuses_everything_already_scored(mini_packages, tmp_path):
