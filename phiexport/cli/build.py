@@ -1,0 +1,149 @@
+"""`phiexport build`: flags become recipe overrides; the pipeline builds, checks and publishes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from phiexport.cli.common import DebugFlag, JsonFlag, given, reported_errors, stderr_console, stdout_console
+
+
+def build(
+    source: Annotated[
+        str | None,
+        typer.Argument(help="Local Hugging Face directory, .gguf file or Hub id (org/name). Default: the recipe's."),
+    ] = None,
+    recipe: Annotated[
+        str | None, typer.Option("--recipe", "-r", help="Recipe YAML file or bundled recipe name.")
+    ] = None,
+    target: Annotated[
+        list[str] | None, typer.Option("--target", "-t", help="Device target; repeatable: cpu, dml, npu.")
+    ] = None,
+    soc: Annotated[
+        list[str] | None,
+        typer.Option(help="npu: SoC to compile for, repeatable: x-elite, x2-elite, 8-gen-1/2/3, 8-elite, sm8850."),
+    ] = None,
+    context_length: Annotated[int | None, typer.Option(help="npu: KV cache slots (longest sequence).")] = None,
+    chunk: Annotated[int | None, typer.Option(help="npu: prompt tokens per prefill step.")] = None,
+    precision: Annotated[str | None, typer.Option(help="Weights: int4, int8, fp32 (cpu) or fp16 (dml).")] = None,
+    quant: Annotated[str | None, typer.Option(help="Weight method: rtn, k_quant, or calibrated gptq or awq.")] = None,
+    mixed: Annotated[
+        str | None, typer.Option(help="auto: measured int4/int8 mix within --mixed-bits; off: one width.")
+    ] = None,
+    mixed_bits: Annotated[float | None, typer.Option(help="Mean bits per weight allowed by --mixed auto.")] = None,
+    calibration_sequences: Annotated[
+        int | None, typer.Option(help="GSM8K train conversations that calibrated methods see.")
+    ] = None,
+    block_size: Annotated[int | None, typer.Option(help="Quantization block: 16, 32, 64, 128 or 256.")] = None,
+    symmetric: Annotated[
+        bool | None, typer.Option("--symmetric/--asymmetric", help="Weights without or with zero points.")
+    ] = None,
+    accuracy_level: Annotated[int | None, typer.Option(help="MatMulNBits compute: 0-4 (4 = int8).")] = None,
+    rotate: Annotated[
+        bool, typer.Option("--rotate", help="Fold a randomized Hadamard rotation into the weights first.")
+    ] = False,
+    revision: Annotated[str | None, typer.Option(help="Hub branch, tag or commit.")] = None,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Allow pickle .bin weights (loaded weights-only).")
+    ] = False,
+    trust_remote_code: Annotated[
+        bool, typer.Option("--trust-remote-code", help="Allow the checkpoint's own Python code.")
+    ] = False,
+    eval_sequences: Annotated[int | None, typer.Option(help="Held-out sequences scored in the build check.")] = None,
+    max_kl: Annotated[float | None, typer.Option(help="Gate: largest mean KL a published package may have.")] = None,
+    min_top1: Annotated[float | None, typer.Option(help="Gate: smallest top-1 agreement (0-1).")] = None,
+    max_ppl_ratio: Annotated[
+        float | None, typer.Option(help="Gate: largest perplexity ratio to the reference.")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder [packages/<recipe>].")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output folder, once the new build succeeded.")
+    ] = False,
+    as_json: JsonFlag = False,
+    debug: DebugFlag = False,
+) -> None:
+    """Build one verified package per target (default: the embedded SmolLM2-135M-Instruct, CPU int4 and NPU w4a16).
+
+    Packages that fail the recipe's accuracy gates are withheld in OUTPUT.rejected/ and the exit code is 4."""
+    with reported_errors(as_json, debug):
+        from phiexport.recipe import load_recipe, recipe_for_source
+
+        if recipe is not None:
+            base = load_recipe(recipe)
+        elif source is not None:
+            base = recipe_for_source(source)
+        else:
+            base = load_recipe("smollm2-135m-instruct")
+        overrides: dict[str, Any] = {
+            "source": given(
+                model=source,
+                revision=revision,
+                allow_pickle=allow_pickle or None,
+                trust_remote_code=trust_remote_code or None,
+            ),
+            "quantization": given(
+                precision=precision,
+                method=quant,
+                block_size=block_size,
+                symmetric=symmetric,
+                accuracy_level=accuracy_level,
+                rotate=rotate or None,
+                mixed=mixed,
+                mixed_bits=mixed_bits,
+            ),
+            "calibration": given(sequences=calibration_sequences),
+            "evaluation": given(sequences=eval_sequences),
+            "gates": given(max_kl=max_kl, min_top1=min_top1, max_ppl_ratio=max_ppl_ratio),
+            "npu": given(socs=tuple(soc) if soc else None, context_length=context_length, chunk=chunk),
+        }
+        if source is not None and revision is None:
+            overrides["source"]["revision"] = None  # a recipe's Hub revision does not apply to another source
+        if target:
+            overrides["targets"] = tuple(target)
+        resolved = base.with_overrides(overrides)
+        destination = output or Path("packages") / resolved.name
+
+        from phiexport.pipeline import build as run_build
+        from phiexport.progress import StageProgress
+
+        console = None if as_json else stderr_console()
+        progress = StageProgress(console)
+        try:
+            result = run_build(resolved, destination, force=force, progress=progress)
+        finally:
+            progress.close()
+
+        if as_json:
+            print(
+                json.dumps(
+                    {
+                        "output": str(result.output.absolute()),
+                        "packages": {name: str(path.absolute()) for name, path in result.packages.items()},
+                        "metrics": {name: report["metrics"] for name, report in result.reports.items()},
+                        "timings_s": result.timings,
+                    },
+                    indent=2,
+                )
+            )
+            return
+        table = Table(title=f"{resolved.name}: {resolved.quantization.describe()}")
+        table.add_column("package", overflow="fold")
+        for column in ("ppl ref → pkg", "KL mean", "KL p99", "top-1"):
+            table.add_column(column, no_wrap=True)
+        for name, report in result.reports.items():
+            m = report["metrics"]
+            table.add_row(
+                str(result.packages[name]),
+                f"{m['ppl_reference']:.3f} → {m['ppl_package']:.3f}",
+                f"{m['kl_mean']:.4f}",
+                f"{m['kl_p99']:.4f}",
+                f"{m['top1_agreement']:.1%}",
+            )
+        first = next(iter(result.packages.values()))
+        stdout = stdout_console()
+        stdout.print(table)
+        stdout.print(f'run it: phiexport run {first} "Hello"    inspect it: phiexport inspect {first}')
