@@ -5,6 +5,7 @@ Exit codes (documented in README.md):
   2  usage: a bad flag, recipe key or value, a missing path, an output that already exists
   3  the source checkpoint cannot be used (unsupported architecture, corrupt or unsafe files, not reachable)
   4  a package failed its accuracy gates (a build is withheld in `<output>.rejected/`; eval writes its report)
+  5  a package does not match its manifest or signature (`phiexport verify`)
   130 interrupted (Ctrl-C or SIGTERM)
 """
 
@@ -12,9 +13,10 @@ from __future__ import annotations
 
 
 class PhiexportError(Exception):
-    """A failure reported as one line: `<cause> — fix: <fix>`."""
+    """A failure reported as one line: `<cause> — fix: <fix>`, after any `lines` of detail."""
 
     exit_code = 1
+    lines: tuple[str, ...] | list[str] = ()
 
     def __init__(self, cause: str, fix: str):
         super().__init__(cause, fix)
@@ -57,3 +59,13 @@ class Interrupted(PhiexportError):
     """A command was stopped by a signal: a build publishes nothing, an evaluation keeps what it scored."""
 
     exit_code = 130
+
+
+class VerificationFailed(PhiexportError):
+    """A package differs from what its manifest and signature promise; `lines` name each file or check that failed."""
+
+    exit_code = 5
+
+    def __init__(self, lines: list[str], cause: str, fix: str):
+        super().__init__(cause, fix)
+        self.lines = lines

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from phiexport.architectures.structure import compare_structure
 from phiexport.chat_formats import chat_format
 from phiexport.errors import BuildError, GateFailed
@@ -26,6 +28,7 @@ from phiexport.package.card import write_model_card
 from phiexport.package.chat import apply_chat_format
 from phiexport.package.manifest import write_manifest
 from phiexport.package.publish import rejected_path, staged_output
+from phiexport.package.signing import key_id, sign_package
 from phiexport.progress import StageProgress
 from phiexport.quantize.onnx_weights import write_matmul_nbits
 from phiexport.quantize.prepare import prepare_checkpoint
@@ -44,6 +47,7 @@ class BuildResult:
     packages: dict[str, Path]  # target name → package directory
     reports: dict[str, dict[str, Any]]
     timings: dict[str, float] = field(default_factory=dict)
+    signed_by: str | None = None  # key id of the ed25519 key that signed every manifest
 
 
 BUILD_METRICS = ("kl_mean", "top1_agreement", "ppl_ratio")  # what the build's check measures, so what it can gate
@@ -56,8 +60,16 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "phiexport"
 
 
-def build(recipe: Recipe, output: Path, *, force: bool = False, progress: StageProgress | None = None) -> BuildResult:
+def build(
+    recipe: Recipe,
+    output: Path,
+    *,
+    force: bool = False,
+    progress: StageProgress | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
+) -> BuildResult:
     """Build every target of `recipe` into `output/<target>/`; nothing appears at `output` unless all succeed.
+    With `signing_key`, each package is signed before it is published.
 
     The builder's own output goes to a log file, kept only when a BuildError names it.
     """
@@ -68,7 +80,7 @@ def build(recipe: Recipe, output: Path, *, force: bool = False, progress: StageP
     log_path = Path(log_name)
     try:
         with output_to_log(log_path):
-            result = _build_into(recipe, output, force, progress, log_path)
+            result = _build_into(recipe, output, force, progress, log_path, signing_key)
     except BaseException as exc:
         if not isinstance(exc, BuildError):  # only a BuildError names the log in its message
             log_path.unlink(missing_ok=True)
@@ -77,7 +89,14 @@ def build(recipe: Recipe, output: Path, *, force: bool = False, progress: StageP
     return result
 
 
-def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgress, log_path: Path) -> BuildResult:
+def _build_into(
+    recipe: Recipe,
+    output: Path,
+    force: bool,
+    progress: StageProgress,
+    log_path: Path,
+    signing_key: Ed25519PrivateKey | None,
+) -> BuildResult:
     with staged_output(output, force=force) as staging, tempfile.TemporaryDirectory(prefix="phiexport-") as scratch:
         with progress.stage("load libraries"), deferred():
             _import_heavy_libraries()
@@ -169,6 +188,8 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
                     weights=weights[name],
                 )
                 write_manifest(package_dir, recipe=recipe, checkpoint=checkpoint, target=target, weights=weights[name])
+                if signing_key is not None:
+                    sign_package(package_dir, signing_key)
         if failed := [str(failure) for found in failures.values() for failure in found]:
             rejected = rejected_path(output)
             raise GateFailed(
@@ -180,6 +201,7 @@ def _build_into(recipe: Recipe, output: Path, force: bool, progress: StageProgre
         packages={name: output / name for name in packages},
         reports=reports,
         timings=dict(progress.timings),
+        signed_by=key_id(signing_key.public_key()) if signing_key is not None else None,
     )
 
 

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from phiexport import __version__
-from phiexport.cli import build, evaluate, inspect_package, run
+from phiexport.cli import build, evaluate, inspect_package, run, sign
 from phiexport.cli.common import exit_interrupted, fail
 from phiexport.errors import UsageError
 
@@ -27,6 +27,9 @@ app.command()(build.build)
 app.command("eval")(evaluate.evaluate)
 app.command()(inspect_package.inspect)
 app.command()(run.run)
+app.command()(sign.keygen)
+app.command()(sign.sign)
+app.command()(sign.verify)
 
 
 @app.callback(invoke_without_command=True)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from phiexport.cli.common import DebugFlag, JsonFlag, given, reported_errors, stderr_console, stdout_console
+from phiexport.cli.common import DebugFlag, JsonFlag, KeyOption, given, reported_errors, stderr_console, stdout_console
 
 
 def build(
@@ -63,6 +63,10 @@ def build(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing output folder, once the new build succeeded.")
     ] = False,
+    sign: Annotated[
+        bool, typer.Option("--sign", help="Sign each package's manifest (ed25519) before it is published.")
+    ] = False,
+    key: KeyOption = None,
     as_json: JsonFlag = False,
     debug: DebugFlag = False,
 ) -> None:
@@ -70,7 +74,16 @@ def build(
 
     Packages that fail the recipe's accuracy gates are withheld in OUTPUT.rejected/ and the exit code is 4."""
     with reported_errors(as_json, debug):
+        from phiexport.errors import UsageError
         from phiexport.recipe import load_recipe, recipe_for_source
+
+        if key is not None and not sign:
+            raise UsageError("--key is only used with --sign", "add --sign, or drop --key")
+        signing_key = None
+        if sign:  # a missing or unreadable key fails now, not after the build
+            from phiexport.package.signing import load_private_key
+
+            signing_key = load_private_key(key)
 
         if recipe is not None:
             base = load_recipe(recipe)
@@ -113,7 +126,7 @@ def build(
         console = None if as_json else stderr_console()
         progress = StageProgress(console)
         try:
-            result = run_build(resolved, destination, force=force, progress=progress)
+            result = run_build(resolved, destination, force=force, progress=progress, signing_key=signing_key)
         finally:
             progress.close()
 
@@ -125,6 +138,7 @@ def build(
                         "packages": {name: str(path.absolute()) for name, path in result.packages.items()},
                         "metrics": {name: report["metrics"] for name, report in result.reports.items()},
                         "timings_s": result.timings,
+                        "signed_by": result.signed_by,
                     },
                     indent=2,
                 )

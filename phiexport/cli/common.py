@@ -9,16 +9,20 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 
-from phiexport.errors import GateFailed, Interrupted, PhiexportError
+from phiexport.errors import Interrupted, PhiexportError
 from phiexport.interrupts import interruptible, was_interrupted
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
 DebugFlag = Annotated[bool, typer.Option("--debug", help="Show the full traceback of unexpected errors.")]
+KeyOption = Annotated[
+    Path | None, typer.Option("--key", help="ed25519 private key (PEM) [$PHIEXPORT_SIGNING_KEY holds the PEM text].")
+]
 
 
 def stderr_console() -> Console:
@@ -32,15 +36,15 @@ def stdout_console() -> Console:
 
 
 def _report(error: PhiexportError, as_json: bool) -> None:
-    if isinstance(error, GateFailed):  # one line per failed gate, then what became of the packages
-        for line in error.lines:
-            print(line, file=sys.stderr)
-        print(f"error: {error}", file=sys.stderr)
-    else:
-        message = str(error).replace("\n", " ")
-        print(f"error: {message}", file=sys.stderr)
+    for line in error.lines:  # details first (failed gates, files that differ), then the one error line
+        print(line, file=sys.stderr)
+    message = str(error).replace("\n", " ")
+    print(f"error: {message}", file=sys.stderr)
     if as_json:
-        print(json.dumps({"error": {"cause": error.cause, "fix": error.fix, "exit_code": error.exit_code}}))
+        payload: dict[str, Any] = {"cause": error.cause, "fix": error.fix, "exit_code": error.exit_code}
+        if error.lines:
+            payload["details"] = list(error.lines)
+        print(json.dumps({"error": payload}))
 
 
 def fail(error: PhiexportError, as_json: bool) -> NoReturn:

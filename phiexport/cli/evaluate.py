@@ -125,8 +125,7 @@ def _report_name(packages: list[Path], recipe: Any) -> str:
     """reports/<recipe name> of the first package (or of --recipe)."""
     if recipe is not None:
         return str(recipe.name)
-    from phiexport.evaluate.compare import package_dirs
-    from phiexport.package.manifest import read_manifest
+    from phiexport.package.manifest import package_dirs, read_manifest
 
     return str(read_manifest(package_dirs(packages[:1])[0])["recipe"]["name"])
 

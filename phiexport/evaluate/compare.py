@@ -25,7 +25,7 @@ from phiexport.evaluate.journal import Journal, digest, item_key
 from phiexport.evaluate.metrics import TokenScores, first_divergence, score_tokens
 from phiexport.evaluate.onnx_runner import PackageRunner
 from phiexport.evaluate.reference import TorchReference
-from phiexport.package.manifest import MANIFEST_NAME, read_manifest
+from phiexport.package.manifest import package_dirs, read_manifest
 from phiexport.recipe import EvaluationConfig, GatesConfig
 from phiexport.runtime.static_pipeline import StaticPackageRunner, package_stop_ids
 from phiexport.source import Checkpoint
@@ -88,22 +88,6 @@ def find_subjects(paths: Sequence[Path], npu_devices: Sequence[str]) -> list[Sub
                 )
             )
     return _unique_labels(subjects)
-
-
-def package_dirs(paths: Sequence[Path]) -> list[Path]:
-    """Package folders named by `paths`, a build output standing for every package inside it."""
-    found = []
-    for path in paths:
-        if (path / MANIFEST_NAME).is_file():
-            found.append(path)
-        elif path.is_dir() and (inner := sorted(p.parent for p in path.glob(f"*/{MANIFEST_NAME}"))):
-            found.extend(inner)
-        else:
-            raise UsageError(
-                f"{path} is not a phiexport package (no {MANIFEST_NAME})",
-                "pass package folders such as packages/<recipe>/cpu, or a build output such as packages/<recipe>",
-            )
-    return found
 
 
 def _unique_labels(subjects: list[Subject]) -> list[Subject]:

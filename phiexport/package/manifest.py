@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from phiexport import __version__
 from phiexport.digest import describe_files
+from phiexport.errors import UsageError
 from phiexport.recipe import Recipe
 from phiexport.source import Checkpoint
 from phiexport.targets import Target
@@ -66,3 +68,19 @@ def write_manifest(
 def read_manifest(package_dir: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((package_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
     return data
+
+
+def package_dirs(paths: Sequence[Path]) -> list[Path]:
+    """Package folders named by `paths`, a build output standing for every package inside it."""
+    found = []
+    for path in paths:
+        if (path / MANIFEST_NAME).is_file():
+            found.append(path)
+        elif path.is_dir() and (inner := sorted(p.parent for p in path.glob(f"*/{MANIFEST_NAME}"))):
+            found.extend(inner)
+        else:
+            raise UsageError(
+                f"{path} is not a phiexport package (no {MANIFEST_NAME})",
+                "pass package folders such as packages/<recipe>/cpu, or a build output such as packages/<recipe>",
+            )
+    return found
