@@ -41,7 +41,6 @@ def test_package_is_complete_and_every_file_is_in_the_manifest(smollm2_build, sm
     assert manifest["source"]["files"][smollm2_gguf.name]["sha256"] == sha256(smollm2_gguf)
     assert manifest["recipe"]["name"] == "smollm2-135m-instruct"
     calibrated = manifest["weights"].pop("calibrated")
-    assert calibrated.pop("seconds") > 0
     assert calibrated == {"method": "gptq", "block_size": 32, "symmetric": True}
     assert manifest["weights"] == {
         "precision": "int4",

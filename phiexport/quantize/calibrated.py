@@ -9,7 +9,6 @@ once for both uses, and the NPU package keeps it on the CPU at 8 bits.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +56,6 @@ def calibrate_weights(
     on_layer: Callable[[int, int], None] | None = None,
 ) -> CalibratedWeights:
     """Quantize every decoder linear of `model` (in place) as `quant` says."""
-    started = time.perf_counter()
     symmetric = not quant.zero_points
     units = quantization_units(model)
     bits = {unit: 4 if quant.precision == "int4" else 8 for unit in units}
@@ -78,7 +76,6 @@ def calibrate_weights(
         weights = quantize_layerwise(model, sequences, grids, quant.method, on_layer=on_layer)
     else:
         weights = _round_in_place(model, grids)
-    summary["seconds"] = round(time.perf_counter() - started, 1)
     return CalibratedWeights(weights, summary)
 
 

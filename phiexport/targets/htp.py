@@ -9,6 +9,8 @@ rank ops but say nothing about device latency.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,11 +115,28 @@ def htp_session(model_path: Path, target: Soc) -> Any:
         return ort.InferenceSession(str(model_path), sess_options=htp_session_options(target))
 
 
+@contextmanager
+def _named_by_file_name(model_path: Path) -> Iterator[str]:
+    """Yield the name to load `model_path` by, from inside its folder.
+
+    onnxruntime names each compiled partition after a hash of the model path it was given, and the name is written
+    into the context binary and its EPContext node: an absolute (temporary, per-build) path would make every build's
+    binaries differ. Loaded by file name alone, two builds of the same graphs give byte-identical binaries."""
+    previous = Path.cwd()
+    os.chdir(model_path.parent)
+    try:
+        yield model_path.name
+    finally:
+        os.chdir(previous)
+
+
 def compile_context_binary(model_path: Path, context_path: Path, target: Soc) -> Path:
     """Compile `model_path` for `target` into `context_path` (+ its `.bin`); returns `context_path`."""
     import onnxruntime as ort
 
-    ort.InferenceSession(str(model_path), sess_options=htp_session_options(target, context_path=context_path))
+    context_path = context_path.absolute()
+    with _named_by_file_name(model_path) as name:
+        ort.InferenceSession(name, sess_options=htp_session_options(target, context_path=context_path))
     if not context_path.is_file():
         raise RuntimeError(f"onnxruntime-qnn wrote no context model at {context_path}")
     return context_path
@@ -135,10 +154,11 @@ def compile_shared_context(models: list[Path], output_dir: Path, target: Soc) ->
     output_dir.mkdir(parents=True, exist_ok=True)
     paths, sessions = [], []
     for index, model in enumerate(models):
-        context_path = output_dir / f"{model.stem}_ctx.onnx"
+        context_path = output_dir.absolute() / f"{model.stem}_ctx.onnx"
         share = "last" if index == len(models) - 1 else "open"
         options = htp_session_options(target, context_path=context_path, share=share)
-        sessions.append(ort.InferenceSession(str(model), sess_options=options))
+        with _named_by_file_name(model) as name:
+            sessions.append(ort.InferenceSession(name, sess_options=options))
         if not context_path.is_file():
             raise RuntimeError(f"onnxruntime-qnn wrote no context model at {context_path}")
         paths.append(context_path)

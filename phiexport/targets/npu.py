@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,20 +167,16 @@ def compile_for_soc(
 
     target = soc(soc_name)
     bodies = {"prefill": graphs["prefill"], "decode": graphs["decode"]}
-    start = time.perf_counter()
     try:
         paths, _sessions = compile_shared_context(list(bodies.values()), package_dir / soc_name, target)
     except Exception as exc:  # onnxruntime raises its own types; the message names the node that did not fit
         raise BuildError(
             f"the body graphs do not compile for the HTP ({soc_name}): {exc}", "report this model"
         ) from exc
-    shared_seconds = time.perf_counter() - start
     scratch.mkdir(parents=True, exist_ok=True)
-    seconds, separate = {}, {}
-    for kind, body in bodies.items():
-        start = time.perf_counter()
-        separate[kind] = compile_context_binary(body, scratch / f"{body.stem}_ctx.onnx", target)
-        seconds[kind] = round(time.perf_counter() - start, 2)
+    separate = {
+        kind: compile_context_binary(body, scratch / f"{body.stem}_ctx.onnx", target) for kind, body in bodies.items()
+    }
     separate_bytes = sum(item.stat().st_size for item in scratch.glob("*.bin"))
     shared_bytes = sum(item.stat().st_size for item in (package_dir / soc_name).glob("*.bin"))
     return {
@@ -193,7 +188,6 @@ def compile_for_soc(
         "weight_sharing": True,
         "shared_bytes": shared_bytes,
         "separate_bytes": separate_bytes,
-        "compile_seconds": {"shared_pair": round(shared_seconds, 2), **seconds},
     }, separate
 
 
