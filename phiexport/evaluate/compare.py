@@ -18,7 +18,7 @@ import numpy as np
 
 from phiexport.digest import describe_files
 from phiexport.errors import UsageError
-from phiexport.evaluate.data import ScoredSequence, chat_prompt, scored_sequences
+from phiexport.evaluate.data import ScoredSequence, chat_prompt, prompt_tokenizer, scored_sequences
 from phiexport.evaluate.gates import check_gates, gates_report
 from phiexport.evaluate.gsm8k import Answers, final_answer, gold_answer, select_problems
 from phiexport.evaluate.journal import Journal, digest, item_key
@@ -154,10 +154,7 @@ def evaluate_packages(
 ) -> Evaluation:
     """Score every subject against `reference` (teacher-forced metrics, then GSM8K answers) and check its gates.
     `chat_template` (the recipe's chat format) formats prompts when the reference's tokenizer has none."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(reference.path, trust_remote_code=trust_remote_code)
-    tokenizer.chat_template = tokenizer.chat_template or chat_template
+    tokenizer = prompt_tokenizer(reference.path, trust_remote_code=trust_remote_code, chat_template=chat_template)
     contexts = [s.context for s in subjects if s.context is not None]
     max_tokens = min([evaluation.max_tokens, *contexts])  # every row scores the same streams: cut to the smallest cache
     sequences = scored_sequences(tokenizer, evaluation.sequences, max_tokens)

@@ -21,6 +21,16 @@ class ScoredSequence:
     score_from: int
 
 
+def prompt_tokenizer(checkpoint_dir: Path, *, trust_remote_code: bool, chat_template: str | None) -> Any:
+    """The checkpoint's tokenizer; `chat_template` (the recipe's chat format) stands in when it has none, as the
+    packages got it too."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, trust_remote_code=trust_remote_code)
+    tokenizer.chat_template = tokenizer.chat_template or chat_template
+    return tokenizer
+
+
 def gsm8k_test(limit: int) -> list[dict[str, str]]:
     """The first `limit` problems of the bundled GSM8K test split (file order, so every run scores the same ones)."""
     path: Path = data_dir("evaluation") / "gsm8k_test.jsonl"

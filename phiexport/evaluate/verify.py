@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from phiexport.errors import BuildError
-from phiexport.evaluate.data import chat_prompt, gsm8k_test, scored_sequences
+from phiexport.evaluate.data import chat_prompt, gsm8k_test, prompt_tokenizer, scored_sequences
 from phiexport.evaluate.metrics import TokenScores, first_divergence
 from phiexport.evaluate.onnx_runner import PackageRunner
 from phiexport.evaluate.reference import TorchReference
@@ -34,10 +34,7 @@ def verify_packages(
 
     `chat_template` formats the prompts when the checkpoint's tokenizer has none (the packages got it too).
     """
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, trust_remote_code=trust_remote_code)
-    tokenizer.chat_template = tokenizer.chat_template or chat_template
+    tokenizer = prompt_tokenizer(checkpoint_dir, trust_remote_code=trust_remote_code, chat_template=chat_template)
     sequences = scored_sequences(tokenizer, evaluation.sequences, evaluation.max_tokens)
     if not sequences:
         raise BuildError("no evaluation sequence survived tokenization", "raise evaluation.max_tokens in the recipe")

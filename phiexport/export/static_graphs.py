@@ -2,9 +2,8 @@
 
 The body graph is written from a module that calls the checkpoint's own norms, projections and MLP, so every
 architecture transformers supports with the Llama layout (Llama, Phi-3, Qwen2, Qwen3) exports without a per-model
-rewrite.
-Its attention is spelled out in the form the HTP runs (docs/npu.md): the query heads of each KV group are folded
-into the row axis, so every tensor stays 4-D and K/V are never repeated; the mask is additive.
+rewrite. Its attention is spelled out in the form the HTP runs (docs/npu.md): the query heads of each KV group are
+folded into the row axis, so every tensor stays 4-D and K/V are never repeated; the mask is additive.
 
 Graph contract (S = chunk tokens, C = cache slots, d = hidden, D = head_dim, R = rotary dims):
     embeddings.onnx  input_ids [1,S] int64, position_ids [1,S] int64 → hidden [1,S,d], cos, sin [1,1,S,R]

@@ -6,7 +6,7 @@ Every problem is collected, not just the first, so one run names every changed, 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -29,15 +29,7 @@ class PackageCheck:
     problems: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "package": str(self.package.absolute()),
-            "files": self.files,
-            "bytes": self.bytes,
-            "signed": self.signed,
-            "key_id": self.key_id,
-            "trusted": self.trusted,
-            "problems": self.problems,
-        }
+        return {**asdict(self), "package": str(self.package.absolute())}
 
 
 def safe_name(name: str) -> bool:
