@@ -1,12 +1,18 @@
 """Regression gates: limits on a package's measured accuracy. A package over any limit is not published as good.
 
->>> failures = check_gates({"kl_mean": 0.091, "top1_agreement": 0.9}, GatesConfig(max_kl=0.05), "cpu-int4")
->>> [str(failure) for failure in failures]
+>>> gates = GatesConfig(max_kl=0.05, max_ppl_ratio=None)
+>>> [str(failure) for failure in check_gates({"kl_mean": 0.091}, gates, "cpu-int4")]
 ['gate failed: kl_mean 0.091 > 0.05 (cpu-int4)']
+
+A value that is not a number (a package whose logits hold NaN) fails every gate on it:
+
+>>> [str(failure) for failure in check_gates({"kl_mean": float("nan")}, gates, "cpu-int4")]
+['gate failed: kl_mean nan > 0.05 (cpu-int4)']
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -69,7 +75,7 @@ def check_gates(metrics: dict[str, Any], gates: GatesConfig, package: str) -> li
             continue
         metric, is_maximum = GATE_METRICS[gate]
         value = float(metrics[metric])
-        if (value > limit) if is_maximum else (value < limit):
+        if math.isnan(value) or ((value > limit) if is_maximum else (value < limit)):
             failures.append(GateFailure(package, metric, value, limit, is_maximum))
     return failures
 

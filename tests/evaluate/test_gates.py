@@ -28,6 +28,13 @@ def test_limits_met_exactly_pass_and_null_limits_are_off():
     assert check_gates(METRICS, GatesConfig(max_kl=0.091, min_top1=0.84, max_ppl_ratio=None), "npu-int4") == []
 
 
+def test_a_metric_that_is_not_a_number_fails_its_gates():
+    """A package whose logits hold NaN scores nan, which compares false with any limit: it must still fail."""
+    gates = GatesConfig(max_kl=1.0, max_ppl_ratio=None)
+    failures = check_gates({"kl_mean": float("nan"), "top1_agreement": 0.0}, gates, "cpu-int4")
+    assert [str(failure) for failure in failures] == ["gate failed: kl_mean nan > 1 (cpu-int4)"]
+
+
 def test_a_gate_on_an_unmeasured_metric_is_refused():
     with pytest.raises(UsageError, match="min_answer_agreement needs answer_agreement"):
         check_gates(METRICS, GatesConfig(min_answer_agreement=0.9), "cpu-int4")
