@@ -14,6 +14,7 @@ from phiexport.recipe import SourceConfig
 from phiexport.source import gguf, hub
 from phiexport.source.checkpoint import Checkpoint, SourceKind
 from phiexport.source.hf_dir import check_hf_dir, read_json
+from phiexport.source.weights import check_weights
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _PACKAGE_SCHEME = "package:"
@@ -47,6 +48,8 @@ def _from_directory(
     config, architecture, used = check_hf_dir(
         path, allow_pickle=source.allow_pickle, trust_remote_code=source.trust_remote_code
     )
+    if any(name.endswith(".safetensors") for name in used):  # pickle weights are only read by torch, weights-only
+        check_weights(path)
     return Checkpoint(
         path=path,
         kind=kind,
@@ -63,6 +66,7 @@ def _from_gguf(path: Path, origin: str, cache_root: Path) -> Checkpoint:
     digest = sha256_file(path)
     directory = gguf.dequantized_checkpoint(path, digest, cache_root)
     config = read_json(directory / "config.json")
+    check_weights(directory)  # dequantization can overflow to inf
     return Checkpoint(
         path=directory,
         kind="gguf",
