@@ -27,7 +27,7 @@ from phiexport.interrupts import deferred
 from phiexport.package.card import write_model_card
 from phiexport.package.chat import apply_chat_format
 from phiexport.package.manifest import write_manifest
-from phiexport.package.publish import rejected_path, staged_output
+from phiexport.package.publish import full_disk_named, rejected_path, staged_output
 from phiexport.package.signing import key_id, sign_package
 from phiexport.progress import StageProgress
 from phiexport.quantize.onnx_weights import write_matmul_nbits
@@ -97,7 +97,11 @@ def _build_into(
     log_path: Path,
     signing_key: Ed25519PrivateKey | None,
 ) -> BuildResult:
-    with staged_output(output, force=force) as staging, tempfile.TemporaryDirectory(prefix="phiexport-") as scratch:
+    with (
+        staged_output(output, force=force) as staging,
+        tempfile.TemporaryDirectory(prefix="phiexport-") as scratch,
+        full_disk_named({"output": staging.parent, "scratch, $TMPDIR": Path(scratch).parent, "cache": cache_root()}),
+    ):
         with progress.stage("load libraries"), deferred():
             _import_heavy_libraries()
         with progress.stage("source", recipe.source.model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from phiexport.errors import GateFailed, UsageError
+from phiexport.errors import GateFailed, PhiexportError, UsageError
 from phiexport.interrupts import raise_if_interrupted
 
 
@@ -76,3 +77,36 @@ def _swap_into(staging: Path, destination: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(staging, destination)
+
+
+@contextmanager
+def full_disk_named(folders: dict[str, Path]) -> Iterator[None]:
+    """Turn "no space left on device" into an error naming the folder (by role) on the fullest disk.
+
+    Enter it inside the staging context: free space is measured before the staged files are deleted.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if not _is_disk_full(exc):
+            raise
+        usage = {role: shutil.disk_usage(_existing(folder)) for role, folder in folders.items()}
+        role = min(usage, key=lambda name: usage[name].free)
+        free, total = usage[role].free / 2**20, usage[role].total / 2**20
+        raise PhiexportError(
+            f"no space left on device writing into {folders[role]} ({role}: {free:.1f} of {total:.1f} MiB free)",
+            "free space there, or build on a disk with room (--output; TMPDIR for scratch)",
+        ) from exc
+
+
+def _existing(folder: Path) -> Path:
+    return next(p for p in (folder, *folder.parents) if p.exists())
+
+
+def _is_disk_full(exc: BaseException | None) -> bool:
+    """ENOSPC from Python, or from native code (onnxruntime) that reports it only in its message."""
+    while exc is not None:
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
