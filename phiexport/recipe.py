@@ -11,6 +11,7 @@ A Recipe comes from a YAML file in `recipes/`, from CLI flags, or from Python; a
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -295,20 +296,24 @@ class Recipe(_Strict):
                 raise ValueError(f"target {name} runs symmetric weights only (the HTP ignores zero points)")
         return self
 
-    def with_overrides(self, overrides: dict[str, Any]) -> Recipe:
-        """A new Recipe with nested `overrides` merged in and validated again (CLI flags use this)."""
-        return parse_recipe(_deep_merge(self.model_dump(), overrides), origin="options")
+    def with_overrides(self, overrides: dict[str, Any], flags: Mapping[str, str] | None = None) -> Recipe:
+        """A new Recipe with nested `overrides` merged in and validated again (CLI flags use this).
+
+        `flags` maps a recipe key (`npu.chunk`) to the option that set it (`--chunk`), for the error to name.
+        """
+        return parse_recipe(_deep_merge(self.model_dump(), overrides), origin="options", flags=flags)
 
 
-def parse_recipe(data: Any, origin: str) -> Recipe:
-    """Validate raw recipe data; any problem becomes one UsageError naming the key."""
+def parse_recipe(data: Any, origin: str, flags: Mapping[str, str] | None = None) -> Recipe:
+    """Validate raw recipe data; any problem becomes one UsageError naming the key (and the flag that set it)."""
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        fix = (
-            "see 'phiexport build --help'" if origin == "options" else "correct that key (recipes/README.md lists them)"
-        )
-        raise UsageError(f"{origin}: {_first_problem(exc)}", fix) from None
+        problem, flag = _first_problem(exc, flags or {})
+        if flag:
+            raise UsageError(problem, f"pass another {flag} value (see --help)") from None
+        fix = "see --help" if origin == "options" else "correct that key (recipes/README.md lists them)"
+        raise UsageError(f"{origin}: {problem}", fix) from None
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
@@ -346,19 +351,23 @@ def recipe_for_source(model: str) -> Recipe:
     return parse_recipe({"version": RECIPE_VERSION, "name": name, "source": {"model": model}}, origin="source")
 
 
-def _first_problem(exc: ValidationError) -> str:
+def _first_problem(exc: ValidationError, flags: Mapping[str, str]) -> tuple[str, str | None]:
+    """The first problem as text, and the flag that set the offending value (None when a recipe key did)."""
     error = exc.errors()[0]
     key = ".".join(str(part) for part in error["loc"])
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        return f"unknown key {key!r}"
+        return f"unknown key {key!r}", None
     if error["type"] == "missing":
-        return f"missing required key {key!r}"
+        return f"missing required key {key!r}", None
     if not key:  # a combination of keys, checked on the whole recipe
-        return message
+        return message, None
     if isinstance(error.get("input"), dict):  # a combination of keys inside one section
-        return f"{key}: {message}"
-    return f"{key}: {message} (got {error.get('input')!r})"
+        return f"{key}: {message}", None
+    flag = next((flags[k] for k in flags if key == k or key.startswith(f"{k}.")), None)
+    if flag:
+        return f"{flag}: {message} (got {error.get('input')!r}; recipe key {key})", flag
+    return f"{key}: {message} (got {error.get('input')!r})", None
 
 
 def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from phiexport.cli.common import DebugFlag, JsonFlag, KeyOption, given, reported_errors, stderr_console, stdout_console
+from phiexport.cli.common import (
+    DebugFlag,
+    JsonFlag,
+    KeyOption,
+    recipe_overrides,
+    reported_errors,
+    stderr_console,
+    stdout_console,
+)
 
 
 def build(
@@ -91,33 +99,34 @@ def build(
             base = recipe_for_source(source)
         else:
             base = load_recipe("smollm2-135m-instruct")
-        overrides: dict[str, Any] = {
-            "source": given(
-                model=source,
-                revision=revision,
-                allow_pickle=allow_pickle or None,
-                trust_remote_code=trust_remote_code or None,
-            ),
-            "quantization": given(
-                precision=precision,
-                method=quant,
-                block_size=block_size,
-                symmetric=symmetric,
-                accuracy_level=accuracy_level,
-                rotate=rotate or None,
-                mixed=mixed,
-                mixed_bits=mixed_bits,
-            ),
-            "calibration": given(sequences=calibration_sequences),
-            "evaluation": given(sequences=eval_sequences),
-            "gates": given(max_kl=max_kl, min_top1=min_top1, max_ppl_ratio=max_ppl_ratio),
-            "npu": given(socs=tuple(soc) if soc else None, context_length=context_length, chunk=chunk),
-        }
+        overrides, flags = recipe_overrides(
+            {
+                "SOURCE": ("source.model", source),
+                "--revision": ("source.revision", revision),
+                "--allow-pickle": ("source.allow_pickle", allow_pickle or None),
+                "--trust-remote-code": ("source.trust_remote_code", trust_remote_code or None),
+                "--precision": ("quantization.precision", precision),
+                "--quant": ("quantization.method", quant),
+                "--block-size": ("quantization.block_size", block_size),
+                "--symmetric/--asymmetric": ("quantization.symmetric", symmetric),
+                "--accuracy-level": ("quantization.accuracy_level", accuracy_level),
+                "--rotate": ("quantization.rotate", rotate or None),
+                "--mixed": ("quantization.mixed", mixed),
+                "--mixed-bits": ("quantization.mixed_bits", mixed_bits),
+                "--calibration-sequences": ("calibration.sequences", calibration_sequences),
+                "--eval-sequences": ("evaluation.sequences", eval_sequences),
+                "--max-kl": ("gates.max_kl", max_kl),
+                "--min-top1": ("gates.min_top1", min_top1),
+                "--max-ppl-ratio": ("gates.max_ppl_ratio", max_ppl_ratio),
+                "--soc": ("npu.socs", tuple(soc) if soc else None),
+                "--context-length": ("npu.context_length", context_length),
+                "--chunk": ("npu.chunk", chunk),
+                "--target": ("targets", tuple(target) if target else None),
+            }
+        )
         if source is not None and revision is None:
             overrides["source"]["revision"] = None  # a recipe's Hub revision does not apply to another source
-        if target:
-            overrides["targets"] = tuple(target)
-        resolved = base.with_overrides(overrides)
+        resolved = base.with_overrides(overrides, flags)
         destination = output or Path("packages") / resolved.name
 
         from phiexport.pipeline import build as run_build

@@ -91,5 +91,18 @@ def exit_interrupted(as_json: bool, fix: str | None = None) -> NoReturn:
     os._exit(error.exit_code)
 
 
-def given(**values: Any) -> dict[str, Any]:
-    return {key: value for key, value in values.items() if value is not None}
+def recipe_overrides(by_flag: dict[str, tuple[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
+    """`{"--chunk": ("npu.chunk", 64)}` → nested recipe overrides for the flags given (not None), and the recipe
+    key → flag map that lets a refused value's error name the flag."""
+    overrides: dict[str, Any] = {}
+    flags: dict[str, str] = {}
+    for flag, (key, value) in by_flag.items():
+        if value is None:
+            continue
+        *sections, name = key.split(".")
+        branch = overrides
+        for section in sections:
+            branch = branch.setdefault(section, {})
+        branch[name] = value
+        flags[key] = flag
+    return overrides, flags

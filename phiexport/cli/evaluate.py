@@ -9,7 +9,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from phiexport.cli.common import DebugFlag, JsonFlag, given, reported_errors, stderr_console, stdout_console
+from phiexport.cli.common import (
+    DebugFlag,
+    JsonFlag,
+    recipe_overrides,
+    reported_errors,
+    stderr_console,
+    stdout_console,
+)
 from phiexport.errors import UsageError
 
 
@@ -74,22 +81,20 @@ def evaluate(
         devices = tuple(npu_device or NPU_DEVICES)
         if unknown := sorted(set(devices) - set(NPU_DEVICES)):
             raise UsageError(f"unknown --npu-device {', '.join(unknown)}", f"choose from {', '.join(NPU_DEVICES)}")
-        overrides = {
-            "evaluation": given(
-                sequences=sequences,
-                max_tokens=max_tokens,
-                problems=limit,
-                problem_seed=seed,
-                simulator_problems=sim_problems,
-                answer_tokens=new_tokens,
-            ),
-            "gates": given(
-                max_kl=max_kl,
-                min_top1=min_top1,
-                max_ppl_ratio=max_ppl_ratio,
-                min_answer_agreement=min_answer_agreement,
-            ),
-        }
+        overrides, flags = recipe_overrides(
+            {
+                "--sequences": ("evaluation.sequences", sequences),
+                "--max-tokens": ("evaluation.max_tokens", max_tokens),
+                "--limit": ("evaluation.problems", limit),
+                "--seed": ("evaluation.problem_seed", seed),
+                "--sim-problems": ("evaluation.simulator_problems", sim_problems),
+                "--new-tokens": ("evaluation.answer_tokens", new_tokens),
+                "--max-kl": ("gates.max_kl", max_kl),
+                "--min-top1": ("gates.min_top1", min_top1),
+                "--max-ppl-ratio": ("gates.max_ppl_ratio", max_ppl_ratio),
+                "--min-answer-agreement": ("gates.min_answer_agreement", min_answer_agreement),
+            }
+        )
         settings = load_recipe(recipe) if recipe is not None else None
         source = None
         if reference is not None:
@@ -103,6 +108,7 @@ def evaluate(
                 output=destination,
                 recipe=settings,
                 overrides=overrides,
+                flags=flags,
                 reference=source,
                 npu_devices=devices,
                 progress=progress,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +34,16 @@ def run_eval(
     output: Path,
     recipe: Recipe | None,
     overrides: dict[str, Any],
+    flags: Mapping[str, str] | None = None,
     reference: SourceConfig | None,
     npu_devices: Sequence[str],
     progress: StageProgress,
 ) -> tuple[Path, Evaluation]:
     """Evaluate the packages and write the report card into `output` (see `gate_failure` for what follows a miss).
     Settings and gates come from `recipe`, else from the first package's build recipe, with `overrides` (sections
-    `evaluation` and `gates`) on top."""
+    `evaluation` and `gates`, set by the options `flags` names) on top."""
     subjects = find_subjects(package_paths, npu_devices)
-    settings = (recipe or _build_recipe(subjects[0])).with_overrides(overrides)
+    settings = (recipe or _build_recipe(subjects[0])).with_overrides(overrides, flags)
     check_gates_measurable(settings.gates, measured_metrics(settings.evaluation))
     check_output(output)
     source = reference or _packages_source(subjects)
