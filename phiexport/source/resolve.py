@@ -48,8 +48,7 @@ def _from_directory(
     config, architecture, used = check_hf_dir(
         path, allow_pickle=source.allow_pickle, trust_remote_code=source.trust_remote_code
     )
-    if any(name.endswith(".safetensors") for name in used):  # pickle weights are only read by torch, weights-only
-        check_weights(path)
+    check_weights(path, pickled=not any(name.endswith(".safetensors") for name in used))
     return Checkpoint(
         path=path,
         kind=kind,
