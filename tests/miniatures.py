@@ -214,24 +214,44 @@ def miniature_config(structure: StructureConfig, ids: dict[str, int], bos: str, 
     """A published-style config.json for a miniature of `structure`: 2 layers, at most 2 KV heads and 8 query heads
     with the real number of query heads per KV head; the real head_dim, rope (kind, theta, factors, partial rotary),
     tying and biases; width, MLP and context scaled down in the real proportions; the VOCAB-token vocabulary."""
+    return checkpoint_config(structure, ids, bos, eos, miniature=True)
+
+
+def checkpoint_config(
+    structure: StructureConfig, ids: dict[str, int], bos: str, eos: str, *, miniature: bool
+) -> dict[str, Any]:
+    """config.json as the model's authors publish it: at full size, or shrunk (see miniature_config)."""
     from phiexport.architectures import ARCHITECTURES
 
     model_type = next(a.model_type for a in ARCHITECTURES.values() if a.hf_class == structure.architecture)
-    group = structure.attention_heads // structure.kv_heads
-    kv = max(1, min(structure.kv_heads, MINI_KV_HEADS, MINI_HEADS // group))  # Qwen2.5's 7 per group: one KV head
-    heads = kv * group
-    width = structure.hidden_size / (structure.attention_heads * structure.head_dim)
-    hidden = _round_to(heads * structure.head_dim * width, 64)
     rope = structure.rope
-    # llama3 keeps its original context (8192), which transformers wants below the maximum
-    context = min(structure.context_length, max(MINI_CONTEXT, 2 * (rope.original_context or 0)))
+    if miniature:
+        group = structure.attention_heads // structure.kv_heads
+        kv = max(1, min(structure.kv_heads, MINI_KV_HEADS, MINI_HEADS // group))  # Qwen2.5's 7 per group: one KV head
+        heads = kv * group
+        width = structure.hidden_size / (structure.attention_heads * structure.head_dim)
+        hidden = _round_to(heads * structure.head_dim * width, 64)
+        intermediate = _round_to(hidden * structure.intermediate_size / structure.hidden_size, 64)
+        layers, vocab = MINI_LAYERS, VOCAB
+        # llama3 keeps its original context (8192), which transformers wants below the maximum
+        context = min(structure.context_length, max(MINI_CONTEXT, 2 * (rope.original_context or 0)))
+        longrope_context = MINI_LONGROPE_CONTEXT
+    else:
+        heads, kv, hidden, intermediate = (
+            structure.attention_heads,
+            structure.kv_heads,
+            structure.hidden_size,
+            structure.intermediate_size,
+        )
+        layers, vocab, context = structure.layers, structure.vocab_size, structure.context_length
+        longrope_context = rope.original_context or 0
     config: dict[str, Any] = {
         "architectures": [structure.architecture],
         "model_type": model_type,
-        "vocab_size": VOCAB,
+        "vocab_size": vocab,
         "hidden_size": hidden,
-        "intermediate_size": _round_to(hidden * structure.intermediate_size / structure.hidden_size, 64),
-        "num_hidden_layers": MINI_LAYERS,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "num_key_value_heads": kv,
         "head_dim": structure.head_dim,
@@ -252,8 +272,8 @@ def miniature_config(structure: StructureConfig, ids: dict[str, int], bos: str, 
     if rope.type == "longrope":
         assert rope.original_context is not None
         ratio = structure.context_length // rope.original_context
-        config["original_max_position_embeddings"] = MINI_LONGROPE_CONTEXT
-        config["max_position_embeddings"] = MINI_LONGROPE_CONTEXT * ratio
+        config["original_max_position_embeddings"] = longrope_context
+        config["max_position_embeddings"] = longrope_context * ratio
         config["rope_scaling"] = {
             "type": "longrope",
             "short_factor": list(rope.short_factor or ()),
@@ -270,19 +290,25 @@ def miniature_config(structure: StructureConfig, ids: dict[str, int], bos: str, 
     return config
 
 
+def save_recipe_tokenizer(recipe: Recipe, directory: Path) -> tuple[dict[str, int], str, str]:
+    """A VOCAB-token tokenizer with the special tokens and chat template of `recipe`'s chat format: (ids, bos, eos)."""
+    from phiexport.chat_formats import chat_format
+
+    assert recipe.chat.format is not None, f"{recipe.name}: no chat format"
+    fmt = chat_format(recipe.chat.format)
+    special = list(dict.fromkeys([*fmt.special_tokens, *fmt.stop_tokens]))
+    bos = next((t for t in ("<|begin_of_text|>", "<|endoftext|>") if t in special), special[0])
+    ids = save_tokenizer(directory, special, fmt.template, bos=bos, eos=fmt.stop_tokens[0], think=fmt.think)
+    return ids, bos, fmt.stop_tokens[0]
+
+
 def make_recipe_miniature(recipe: Recipe, directory: Path) -> Path:
     """A random-weight checkpoint with the structure and chat format of `recipe` (which must record both)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from phiexport.chat_formats import chat_format
-
-    assert recipe.structure is not None and recipe.chat.format is not None, f"{recipe.name}: no structure or chat"
-    fmt = chat_format(recipe.chat.format)
-    special = list(dict.fromkeys([*fmt.special_tokens, *fmt.stop_tokens]))
-    bos = next((t for t in ("<|begin_of_text|>", "<|endoftext|>") if t in special), special[0])
-    ids = save_tokenizer(directory, special, fmt.template, bos=bos, eos=fmt.stop_tokens[0], think=fmt.think)
-    published = miniature_config(recipe.structure, ids, bos, fmt.stop_tokens[0])
+    assert recipe.structure is not None, f"{recipe.name}: no structure"
+    published = miniature_config(recipe.structure, *save_recipe_tokenizer(recipe, directory))
     (directory / "config.json").write_text(json.dumps(published, indent=2))
     config = AutoConfig.from_pretrained(directory)
     torch.manual_seed(0)
