@@ -51,11 +51,14 @@ def export_with_builder(
         raise ValueError(f"builder options not validated by phiexport: {sorted(unknown)}")
     from onnxruntime_genai.models.builder import create_model, parse_extra_options
 
+    from phiexport.export.streamed_nbits import streamed_weight_quantization
+
     pairs = [f"{key}={value}" for key, value in sorted(options.items())]
     args = ("", os.fspath(model_dir), os.fspath(output_dir), precision, execution_provider, os.fspath(cache_dir))
     try:
         extra = parse_extra_options(*args, pairs)
-        create_model(*args, **extra)
+        with streamed_weight_quantization(cache_dir / "spill"):
+            create_model(*args, **extra)
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise BuildError(

@@ -1,0 +1,89 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+import phiexport.export.streamed_nbits as streamed
+from phiexport.export.genai_builder import export_with_builder
+
+OPTIONS = {"block_size": "32", "is_symmetric": "true", "accuracy_level": "4"}
+
+
+def builder_alone(model_dir: Path, output: Path, execution_provider: str) -> None:
+    """The genai builder as it ships, quantizing the whole graph in memory."""
+    from onnxruntime_genai.models.builder import create_model, parse_extra_options
+
+    args = ("", os.fspath(model_dir), os.fspath(output), "int4", execution_provider, os.fspath(output) + "-cache")
+    create_model(*args, **parse_extra_options(*args, [f"{k}={v}" for k, v in sorted(OPTIONS.items())]))
+
+
+def graph_and_weights(package: Path) -> tuple[list[tuple], dict[str, np.ndarray]]:
+    model = onnx.load(package / "model.onnx")
+    nodes = sorted(
+        (
+            n.op_type,
+            n.name,
+            tuple(n.input),
+            tuple(n.output),
+            tuple(sorted(str(a).replace("\n", " ") for a in n.attribute)),
+        )
+        for n in model.graph.node
+    )
+    return nodes, {i.name: numpy_helper.to_array(i, base_dir=str(package)) for i in model.graph.initializer}
+
+
+@pytest.mark.parametrize(("architecture", "execution_provider"), [("phi3", "cpu"), ("phi3", "dml"), ("llama", "cpu")])
+def test_streamed_quantization_writes_exactly_what_the_builder_writes(
+    architecture, execution_provider, miniature_dirs, tmp_path, monkeypatch
+):
+    """Same nodes, same initializers, the same external data file byte for byte, and the streamed path was taken
+    (Phi-3's re-packed qkv copy spilled to a mapped file on the way)."""
+    calls = []
+    lazy = streamed._lazy_to_nbits
+    monkeypatch.setattr(streamed, "_lazy_to_nbits", lambda builder: calls.append(1) or lazy(builder))
+    monkeypatch.setattr(streamed, "SPILL_BYTES", 1024)
+    builder_alone(miniature_dirs[architecture], tmp_path / "builder", execution_provider)
+    export_with_builder(
+        miniature_dirs[architecture],
+        tmp_path / "streamed",
+        precision="int4",
+        execution_provider=execution_provider,
+        options=OPTIONS,
+        cache_dir=tmp_path / "cache",
+        log_path=tmp_path / "build.log",
+    )
+    assert calls == [1]
+    nodes, weights = graph_and_weights(tmp_path / "streamed")
+    reference_nodes, reference_weights = graph_and_weights(tmp_path / "builder")
+    assert nodes == reference_nodes
+    assert weights.keys() == reference_weights.keys()
+    for name, values in weights.items():
+        assert values.dtype == reference_weights[name].dtype and np.array_equal(values, reference_weights[name]), name
+    data = (tmp_path / "streamed" / "model.onnx.data").read_bytes()
+    assert data == (tmp_path / "builder" / "model.onnx.data").read_bytes()
+    assert list((tmp_path / "cache" / "spill").iterdir()) == []  # spill files are unlinked once mapped
+
+
+def _resident_file_kib() -> int:
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("RssFile:"))
+
+
+def test_pages_of_a_mapped_tensor_are_given_back_and_anonymous_memory_is_left_alone(tmp_path):
+    path = tmp_path / "weights.bin"
+    np.arange(16 << 20, dtype=np.float32).tofile(path)  # 64 MiB
+    mapped = torch.from_file(str(path), shared=False, size=16 << 20, dtype=torch.float32)
+    before = _resident_file_kib()
+    assert float(mapped.sum()) > 0  # touches every page
+    touched = _resident_file_kib()
+    streamed.drop_mapped_pages(mapped.view(4096, 4096).T)
+    assert touched - before > 60_000  # KiB
+    assert _resident_file_kib() - before < 1_000
+    assert float(mapped[-1]) == (16 << 20) - 1  # read back from the file
+
+    copy = torch.arange(1 << 20, dtype=torch.float32)
+    streamed.drop_mapped_pages(copy)
+    assert float(copy[-1]) == (1 << 20) - 1
