@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -99,14 +100,23 @@ def full_disk_named(folders: dict[str, Path]) -> Iterator[None]:
         ) from exc
 
 
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
 def _existing(folder: Path) -> Path:
     return next(p for p in (folder, *folder.parents) if p.exists())
 
 
 def _is_disk_full(exc: BaseException | None) -> bool:
-    """ENOSPC from Python, or from native code (onnxruntime) that reports it only in its message."""
+    """ENOSPC from Python; from native code (onnxruntime) that reports it only in its message; or numpy's `tofile`
+    (how onnx-ir writes tensors), which reports a short write as "N requested and M written" without an errno."""
     while exc is not None:
-        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc):
+        message = str(exc)
+        if (
+            (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+            or "No space left on device" in message
+            or (isinstance(exc, OSError) and _SHORT_WRITE.search(message))
+        ):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
