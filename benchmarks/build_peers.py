@@ -6,7 +6,9 @@
    so the three make the same weights), with its verification stage, and its export stage alone;
 2. the onnxruntime-genai builder called directly on the same fp32 checkpoint;
 3. Olive (`olive auto-opt --use_model_builder --use_ort_genai`, its int4 CPU path), from a separate venv: Olive 0.13
-   needs onnxruntime-genai 0.14.1, which cannot live beside phiexport's 0.18. The row is skipped without one.
+   needs onnxruntime-genai 0.14.1, which cannot live beside phiexport's 0.18. The row is skipped without one. It runs
+   in the scratch folder: Olive caches its results in `.olive-cache/` under the working directory, and a second run
+   would otherwise be a cache hit.
 
 Each runs in its own process, one after the other in one run, so the times compare; peak RSS is that process's own.
 """
@@ -59,7 +61,7 @@ def main() -> None:
             olive += ["--device", "cpu", "--provider", "CPUExecutionProvider", "--precision", "int4"]
             olive += ["--use_model_builder", "--use_ort_genai", "--output_path", str(scratch / "olive")]
             try:
-                _, _, wall, peak = run_measured(olive)
+                _, _, wall, peak = run_measured(olive, cwd=scratch)
                 rows.append(("Olive 0.13 auto-opt", "", wall, peak, size_mb(scratch / "olive")))
             except BuildFailed as failure:
                 rows.append(("Olive 0.13 auto-opt", f"failed: {failure}", None, None, None))

@@ -25,14 +25,16 @@ def run_build(arguments: list[str], cache: Path) -> tuple[dict, float, float]:
     return json.loads(stdout), wall, peak_gb
 
 
-def run_measured(command: list[str], env: dict[str, str] | None = None) -> tuple[str, str, float, float]:
-    """Run `command` in its own process: (stdout, stderr, wall s, peak RSS GB of that process, from os.wait4).
+def run_measured(
+    command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[str, str, float, float]:
+    """Run `command` in its own process (in `cwd`): (stdout, stderr, wall s, peak RSS GB of it, from os.wait4).
 
     A non-zero exit raises BuildFailed with the last line of stderr.
     """
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env={**os.environ, **(env or {})})
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env={**os.environ, **(env or {})}, cwd=cwd)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - start
         stdout.seek(0)
