@@ -100,7 +100,7 @@ def _lazy_to_nbits(builder: Any) -> Any:
             continue
         rows, cols = (int(d) for d in weight.shape)
         blocks = -(-rows // block_size)
-        lazy = _LazyQuantized(sources.get(weight.name, weight.const_value), weight.dtype, kernel, rows, cols)
+        lazy = _LazyQuantized(sources.get(weight.name, weight.const_value), weight.dtype, kernel, cols)
         tensors = [
             (f"{weight.name}_Q{bits}", lazy.packed, ir.DataType.UINT8, [cols, blocks, block_size * bits // 8]),
             (f"{weight.name}_scales", lazy.scales, weight.dtype, [cols, blocks]),
@@ -131,9 +131,8 @@ class _LazyQuantized:
     """One weight's packed integers, scales and zero points: computed on the first request, in column chunks,
     and forgotten once the last of them has been handed out (ir.save writes them one after another)."""
 
-    def __init__(self, source: Any, dtype: Any, kernel: Any, rows: int, cols: int):
-        self._source, self._dtype, self._kernel = source, dtype, kernel
-        self._rows, self._cols = rows, cols
+    def __init__(self, source: Any, dtype: Any, kernel: Any, cols: int):
+        self._source, self._dtype, self._kernel, self._cols = source, dtype, kernel, cols
         self._parts: dict[str, Any] = {}
         self._pending = {"packed", "scales"} | (set() if kernel.config.is_symmetric else {"zero_points"})
 
@@ -149,9 +148,12 @@ class _LazyQuantized:
     def _take(self, part: str) -> Any:
         import numpy as np
         import onnx_ir as ir
+        import torch
 
         if not self._parts:
-            chunks = [self._quantize(start) for start in range(0, self._cols, COLUMNS_PER_CHUNK)]
+            # a torch tensor is read chunk by chunk from its mapped pages; anything else (an ONNX tensor) once
+            source = self._source if isinstance(self._source, torch.Tensor) else self._source.numpy()
+            chunks = [self._quantize(source, start) for start in range(0, self._cols, COLUMNS_PER_CHUNK)]
             self._parts = {key: np.concatenate([c[key] for c in chunks]) for key in ("packed", "scales", "zero_points")}
             self._source = None
         array = self._parts[part]
@@ -160,18 +162,18 @@ class _LazyQuantized:
             self._parts = {}
         return ir.Tensor(array)
 
-    def _quantize(self, start: int) -> dict[str, Any]:
+    def _quantize(self, source: Any, start: int) -> dict[str, Any]:
         import numpy as np
         import torch
         from onnx_ir.tensor_adapters import to_torch_dtype
 
         stop = min(start + COLUMNS_PER_CHUNK, self._cols)
-        if isinstance(self._source, torch.Tensor):  # [K, N], often a transposed view of the checkpoint's [N, K]
-            view = self._source[:, start:stop]
+        if isinstance(source, torch.Tensor):  # [K, N], often a transposed view of the checkpoint's [N, K]
+            view = source[:, start:stop]
             chunk = view.to(to_torch_dtype(self._dtype)).numpy()
             drop_mapped_pages(view)
         else:
-            chunk = self._source.numpy()[:, start:stop].astype(self._dtype.numpy())
+            chunk = source[:, start:stop].astype(self._dtype.numpy())
         packed, scales, zero_points = self._kernel.qbits_block_quant(np.ascontiguousarray(chunk))
         return {"packed": packed, "scales": scales, "zero_points": zero_points}
 
@@ -186,9 +188,9 @@ def drop_mapped_pages(tensor: Any) -> None:
     import ctypes
     import mmap
 
-    start, end = _span(tensor)
     if not _file_backed(tensor):
         return
+    start, end = _span(tensor)
     first, last = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
     if last > first:
         libc = ctypes.CDLL(None, use_errno=True)

@@ -19,8 +19,7 @@ def check_output(output: Path, *, force: bool) -> None:
     """Fail before any work if the output exists (without force) or its folder cannot be written."""
     if output.exists() and not force:
         raise UsageError(f"{output} already exists", "pass --force to replace it, or choose another --output")
-    parent = output.parent
-    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    existing = _existing(output.parent)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write into {existing}", "choose an --output in a folder you can write to")
 

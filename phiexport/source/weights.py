@@ -8,7 +8,6 @@ weights-only, as transformers opens them, so a pickle carrying code is refused h
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,7 +121,7 @@ def _open_pickles(directory: Path) -> dict[str, StoredTensor]:
         if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
             raise SourceError(f"{path} is not a state dict of tensors", "get safetensors weights for this model")
         for name, tensor in state.items():
-            stored[name] = StoredTensor(file_name, tuple(tensor.shape), functools.partial(lambda t: t, tensor))
+            stored[name] = StoredTensor(file_name, tuple(tensor.shape), tensor.detach)
     return stored
 
 
