@@ -69,7 +69,7 @@ def main() -> None:
             rows.append(("Olive 0.13 auto-opt", "skipped: no --olive-venv", None, None, None))
 
     base = rows[0][2]
-    print("| build | wall s | × phiexport | peak RSS GB | package MB | note |\n|---|---:|---:|---:|---:|---|")
+    print("| build | wall s | × phiexport | peak RSS GiB | package MB | note |\n|---|---:|---:|---:|---:|---|")
     for name, note, wall, peak, size in rows:
         ratio = f"{wall / base:.2f}" if wall and base else ""
         print(f"| {name} | {_cell(wall, 1)} | {ratio} | {_cell(peak, 2)} | {_cell(size, 1)} | {note} |")

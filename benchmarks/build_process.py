@@ -16,7 +16,7 @@ class BuildFailed(Exception):
 
 
 def run_build(arguments: list[str], cache: Path) -> tuple[dict, float, float]:
-    """`phiexport build ARGUMENTS --json` with PHIEXPORT_CACHE=cache: (its JSON result, wall s, peak RSS GB).
+    """`phiexport build ARGUMENTS --json` with PHIEXPORT_CACHE=cache: (its JSON result, wall s, peak RSS GiB).
 
     A failed build raises BuildFailed with the build's error.
     """
@@ -28,7 +28,7 @@ def run_build(arguments: list[str], cache: Path) -> tuple[dict, float, float]:
 def run_measured(
     command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> tuple[str, str, float, float]:
-    """Run `command` in its own process (in `cwd`): (stdout, stderr, wall s, peak RSS GB of it, from os.wait4).
+    """Run `command` in its own process (in `cwd`): (stdout, stderr, wall s, peak RSS GiB of it, from os.wait4).
 
     A non-zero exit raises BuildFailed with the last line of stderr.
     """

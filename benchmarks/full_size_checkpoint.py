@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -55,7 +56,7 @@ def write_checkpoint(recipe_name: str, directory: Path, seed: int) -> tuple[int,
     shards: list[list[str]] = [[]]
     size = 0
     for name, shape in shapes.items():
-        tensor_bytes = 2 * int(torch.tensor(shape).prod())
+        tensor_bytes = 2 * math.prod(shape)
         if shards[-1] and size + tensor_bytes > SHARD_BYTES:
             shards.append([])
             size = 0
@@ -69,10 +70,10 @@ def write_checkpoint(recipe_name: str, directory: Path, seed: int) -> tuple[int,
         save_file({n: random_tensor(n, shapes[n], generator) for n in names}, directory / file_name, {"format": "pt"})
         weight_map.update(dict.fromkeys(names, file_name))
         print(f"  {file_name}: {len(names)} tensors", flush=True)
-    total = sum(2 * int(torch.tensor(s).prod()) for s in shapes.values())
+    total = sum(2 * math.prod(s) for s in shapes.values())
     index_file = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index_file, indent=2))
-    parameters = sum(int(torch.tensor(s).prod()) for s in shapes.values())
+    parameters = sum(math.prod(s) for s in shapes.values())
     return parameters, sum(p.stat().st_size for p in directory.glob("*.safetensors"))
 
 
