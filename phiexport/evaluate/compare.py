@@ -24,7 +24,7 @@ from phiexport.evaluate.gsm8k import Answers, final_answer, gold_answer, select_
 from phiexport.evaluate.journal import Journal, digest, item_key
 from phiexport.evaluate.metrics import TokenScores, first_divergence, score_tokens
 from phiexport.evaluate.onnx_runner import PackageRunner
-from phiexport.evaluate.reference import TorchReference
+from phiexport.evaluate.reference import Reference, open_reference
 from phiexport.package.manifest import package_dirs, read_manifest
 from phiexport.recipe import EvaluationConfig, GatesConfig
 from phiexport.runtime.static_pipeline import StaticPackageRunner, package_stop_ids
@@ -115,12 +115,12 @@ class _Models:
     def __init__(self, reference: Checkpoint, trust_remote_code: bool):
         self._reference_checkpoint = reference
         self._trust_remote_code = trust_remote_code
-        self._reference: TorchReference | None = None
+        self._reference: Reference | None = None
         self._runners: dict[str, Any] = {}
 
-    def reference(self) -> TorchReference:
+    def reference(self) -> Reference:
         if self._reference is None:
-            self._reference = TorchReference(self._reference_checkpoint.path, trust_remote_code=self._trust_remote_code)
+            self._reference = open_reference(self._reference_checkpoint.path, trust_remote_code=self._trust_remote_code)
         return self._reference
 
     def runner(self, subject: Subject) -> Any:
@@ -263,15 +263,15 @@ def _score_sequences(
     """Teacher-forced logits of each subject against the reference's, journaled per sequence; returns the keys."""
     keys = [item_key("sequence", s.token_ids, s.score_from) for s in sequences]
     todo = [(s, k) for s, k in zip(sequences, keys, strict=True) if any(k not in journals[x.label] for x in subjects)]
-    for sequence, key in track(todo, len(todo), f"teacher-forced scoring, {len(subjects)} packages"):
-        window = slice(sequence.score_from - 1, len(sequence.token_ids) - 1)
+    reference_logits = models.reference().scored_logits([sequence for sequence, _ in todo]) if todo else iter(())
+    scored = zip(todo, reference_logits, strict=True)
+    for (sequence, key), ref_logits in track(scored, len(todo), f"teacher-forced scoring, {len(subjects)} packages"):
         targets = np.asarray(sequence.token_ids[sequence.score_from :])
-        ref_logits = models.reference().logits(sequence.token_ids)[window]
         for subject in subjects:
             if key in journals[subject.label]:
                 continue
             started = time.perf_counter()
-            pkg_logits = models.runner(subject).logits(sequence.token_ids)[window]
+            pkg_logits = models.runner(subject).logits(sequence.token_ids)[sequence.scored_positions]
             seconds = time.perf_counter() - started
             journals[subject.label].record(key, seconds=seconds, **score_tokens(ref_logits, pkg_logits, targets))
     return keys
@@ -313,10 +313,15 @@ def _answer_problems(
         for index, (prompt, key) in enumerate(zip(prompts, keys, strict=True))
         if key not in reference_journal or missing(index, key)
     ]
+    drafter = next((s for s in subjects if s.device == "cpu"), subjects[0])
+
+    def draft(prefix: list[int], new_tokens: int) -> list[int]:  # a streamed reference checks a package's text
+        return list(models.runner(drafter).greedy(prefix, new_tokens))
+
     for index, prompt, key in track(todo, len(todo), f"GSM8K answers, reference + {len(subjects)} packages"):
         if key not in reference_journal:
             started = time.perf_counter()
-            tokens = models.reference().greedy(prompt, budget, stop_ids)
+            (tokens,) = models.reference().greedy_many([prompt], budget, stop_ids, draft)
             reference_journal.record(key, tokens=tokens, seconds=time.perf_counter() - started)
         for subject in missing(index, key):
             started = time.perf_counter()

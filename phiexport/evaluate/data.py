@@ -20,6 +20,11 @@ class ScoredSequence:
     token_ids: list[int]
     score_from: int
 
+    @property
+    def scored_positions(self) -> slice:
+        """The rows of this sequence's logits that predict the scored tokens."""
+        return slice(self.score_from - 1, len(self.token_ids) - 1)
+
 
 def prompt_tokenizer(checkpoint_dir: Path, *, trust_remote_code: bool, chat_template: str | None) -> Any:
     """The checkpoint's tokenizer; `chat_template` (the recipe's chat format) stands in when it has none, as the

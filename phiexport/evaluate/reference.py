@@ -1,11 +1,42 @@
-"""The torch reference: the source checkpoint in fp32 through transformers, as its authors run it."""
+"""The torch reference: the source checkpoint in fp32 through transformers, as its authors run it.
+
+A checkpoint whose fp32 weights would take more than `IN_MEMORY_BYTES` is run a decoder layer at a time instead
+(streamed_reference.py): the same modules and numbers, a layer's weights in memory instead of the model's.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+
+from phiexport.evaluate.data import ScoredSequence
+
+IN_MEMORY_BYTES = 4 << 30  # fp32 weights up to this size are loaded whole: SmolLM2 (0.5 GB) is, Phi-4-mini (15 GB) not
+Draft = Callable[[list[int], int], list[int]]
+Track = Callable[[Iterable[Any], int, str], Iterable[Any]]
+
+
+class Reference(Protocol):
+    def scored_logits(self, sequences: Sequence[ScoredSequence]) -> Iterator[np.ndarray]: ...
+
+    def greedy_many(
+        self, prompts: Sequence[list[int]], new_tokens: int, eos_ids: set[int], draft: Draft
+    ) -> list[list[int]]: ...
+
+
+def open_reference(checkpoint_dir: Path, *, trust_remote_code: bool = False, track: Track | None = None) -> Reference:
+    """The whole model when it is small (or brings its own code), else the layer-streamed one (whose passes over
+    the layers are shown with `track`)."""
+    from phiexport.evaluate.streamed_reference import StreamedReference
+    from phiexport.source.mapped import MappedWeights
+
+    safetensors = any(checkpoint_dir.glob("*.safetensors"))
+    if trust_remote_code or not safetensors or MappedWeights(checkpoint_dir).fp32_bytes() <= IN_MEMORY_BYTES:
+        return TorchReference(checkpoint_dir, trust_remote_code=trust_remote_code)
+    return StreamedReference(checkpoint_dir, track=track)
 
 
 class TorchReference:
@@ -23,6 +54,11 @@ class TorchReference:
             out = self.model(self._torch.tensor([token_ids]), use_cache=False)
         return np.asarray(out.logits[0].float().numpy())
 
+    def scored_logits(self, sequences: Sequence[ScoredSequence]) -> Iterator[np.ndarray]:
+        """Each sequence's logits at its scored positions, computed as they are asked for."""
+        for sequence in sequences:
+            yield self.logits(sequence.token_ids)[sequence.scored_positions]
+
     def greedy(self, prompt_ids: list[int], new_tokens: int, eos_ids: set[int]) -> list[int]:
         """Greedy continuation, stopping after an end-of-sequence token (included) or `new_tokens` tokens."""
         torch = self._torch
@@ -39,3 +75,9 @@ class TorchReference:
                     break
                 inputs = torch.tensor([[token]])
         return generated
+
+    def greedy_many(
+        self, prompts: Sequence[list[int]], new_tokens: int, eos_ids: set[int], draft: Draft
+    ) -> list[list[int]]:
+        """`greedy` for each prompt; the model is in memory, so it needs no draft."""
+        return [self.greedy(prompt, new_tokens, eos_ids) for prompt in prompts]

@@ -12,7 +12,7 @@ from phiexport.errors import BuildError
 from phiexport.evaluate.data import chat_prompt, gsm8k_test, prompt_tokenizer, scored_sequences
 from phiexport.evaluate.metrics import TokenScores, first_divergence
 from phiexport.evaluate.onnx_runner import PackageRunner
-from phiexport.evaluate.reference import TorchReference
+from phiexport.evaluate.reference import open_reference
 from phiexport.recipe import EvaluationConfig
 from phiexport.runtime.static_pipeline import StaticPackageRunner, package_stop_ids
 
@@ -38,30 +38,34 @@ def verify_packages(
     sequences = scored_sequences(tokenizer, evaluation.sequences, evaluation.max_tokens)
     if not sequences:
         raise BuildError("no evaluation sequence survived tokenization", "raise evaluation.max_tokens in the recipe")
-    reference = TorchReference(checkpoint_dir, trust_remote_code=trust_remote_code)
-    runners = {name: open_runner(path) for name, path in packages.items()}
+    reference = open_reference(checkpoint_dir, trust_remote_code=trust_remote_code, track=track)
+    runners = _Runners(packages)  # opened after the reference's first pass: at scale, one model in memory at a time
     scores = {name: TokenScores() for name in packages}
 
-    for sequence in track(sequences, len(sequences), "scoring held-out GSM8K"):
-        window = slice(sequence.score_from - 1, len(sequence.token_ids) - 1)
+    scored = zip(sequences, reference.scored_logits(sequences), strict=True)
+    for sequence, ref_logits in track(scored, len(sequences), "scoring held-out GSM8K"):
         targets = np.asarray(sequence.token_ids[sequence.score_from :])
-        ref_logits = reference.logits(sequence.token_ids)[window]
-        for name, runner in runners.items():
-            scores[name].add(ref_logits, runner.logits(sequence.token_ids)[window], targets)
+        for name in packages:
+            scores[name].add(ref_logits, runners[name].logits(sequence.token_ids)[sequence.scored_positions], targets)
 
     eos_ids = package_stop_ids(next(iter(packages.values())))
-    greedy: dict[str, list[dict[str, Any]]] = {name: [] for name in packages}
     problems = gsm8k_test(evaluation.greedy_prompts)
-    for problem in track(problems, len(problems), "greedy generations"):
-        prompt_ids = tokenizer(chat_prompt(tokenizer, problem["question"]), add_special_tokens=False)["input_ids"]
-        ref_tokens = reference.greedy(prompt_ids, evaluation.greedy_tokens, eos_ids)
-        for name, runner in runners.items():
-            pkg_tokens = runner.greedy(prompt_ids, evaluation.greedy_tokens)
+    prompts = [
+        tokenizer(chat_prompt(tokenizer, problem["question"]), add_special_tokens=False)["input_ids"]
+        for problem in problems
+    ]
+    draft = runners[next(iter(packages))].greedy  # a streamed reference checks a package's text rather than decode
+    ref_tokens = reference.greedy_many(prompts, evaluation.greedy_tokens, eos_ids, draft)
+    greedy: dict[str, list[dict[str, Any]]] = {name: [] for name in packages}
+    generations = zip(problems, prompts, ref_tokens, strict=True)
+    for problem, prompt_ids, ref in track(generations, len(problems), "greedy generations"):
+        for name in packages:
+            pkg_tokens = runners[name].greedy(prompt_ids, evaluation.greedy_tokens)
             greedy[name].append(
                 {
                     "question": problem["question"],
-                    "first_divergence": first_divergence(ref_tokens, pkg_tokens),
-                    "reference_text": tokenizer.decode(ref_tokens, skip_special_tokens=True),
+                    "first_divergence": first_divergence(ref, pkg_tokens),
+                    "reference_text": tokenizer.decode(ref, skip_special_tokens=True),
                     "package_text": tokenizer.decode(pkg_tokens, skip_special_tokens=True),
                 }
             )
@@ -81,6 +85,18 @@ def verify_packages(
         }
         for name in packages
     }
+
+
+class _Runners(dict[str, Any]):
+    """Each package's runner, opened when first asked for."""
+
+    def __init__(self, packages: dict[str, Path]):
+        super().__init__()
+        self._packages = packages
+
+    def __missing__(self, name: str) -> Any:
+        self[name] = open_runner(self._packages[name])
+        return self[name]
 
 
 def open_runner(package_dir: Path) -> Any:

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from phiexport.source.mapped import drop_mapped_pages, file_backed
+
 COLUMNS_PER_CHUNK = 8192  # output columns quantized at once: 100 MB of fp32 for a 3072-wide weight
 SPILL_BYTES = 1 << 20  # in-memory tensors at least this large are moved to a mapped scratch file
 
@@ -36,7 +38,7 @@ def streamed_weight_quantization(scratch: Path) -> Iterator[None]:
 
     def recording_make_initializer(self: Any, tensor: Any, /, name: str, **options: Any) -> Any:
         if isinstance(tensor, torch.Tensor):  # kept, to quantize it chunk by chunk from its mapped pages
-            if tensor.numel() * tensor.element_size() >= SPILL_BYTES and not _file_backed(tensor):
+            if tensor.numel() * tensor.element_size() >= SPILL_BYTES and not file_backed(tensor):
                 tensor = _spilled(tensor, scratch)
             vars(self).setdefault("_phiexport_sources", {})[name] = tensor
         return make_initializer(self, tensor, name, **options)
@@ -176,45 +178,6 @@ class _LazyQuantized:
             chunk = source[:, start:stop].astype(self._dtype.numpy())
         packed, scales, zero_points = self._kernel.qbits_block_quant(np.ascontiguousarray(chunk))
         return {"packed": packed, "scales": scales, "zero_points": zero_points}
-
-
-def drop_mapped_pages(tensor: Any) -> None:
-    """Give back the resident pages under a tensor that is memory-mapped from a file.
-
-    Mapped pages count in the process's RSS until unmapped; each weight is read once here, so its pages are dropped
-    once quantized (MADV_DONTNEED: a clean file-backed page is read from the file again if touched again). A tensor
-    in anonymous memory is left alone: dropping would zero it.
-    """
-    import ctypes
-    import mmap
-
-    if not _file_backed(tensor):
-        return
-    start, end = _span(tensor)
-    first, last = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
-    if last > first:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 4)  # MADV_DONTNEED
-
-
-def _span(tensor: Any) -> tuple[int, int]:
-    """First and one-past-last byte address of a strided CPU tensor (non-negative strides)."""
-    last = sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(), strict=True))
-    return tensor.data_ptr(), tensor.data_ptr() + (last + 1) * tensor.element_size()
-
-
-def _file_backed(tensor: Any) -> bool:
-    """True when the tensor lies inside one mapping of a file (transformers' safetensors maps, our spill files)."""
-    if tensor.device.type != "cpu" or tensor.numel() == 0:
-        return False
-    start, end = _span(tensor)
-    with open("/proc/self/maps", encoding="utf-8") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            low, high = (int(bound, 16) for bound in fields[0].split("-"))
-            if low <= start and end <= high:
-                return len(fields) == 6 and fields[5].startswith("/") and not fields[5].startswith("/dev/")
-    return False
 
 
 def _spilled(tensor: Any, scratch: Path) -> Any:

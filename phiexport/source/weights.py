@@ -56,7 +56,7 @@ def check_weights(directory: Path, *, pickled: bool = False) -> None:
     _check_finite({name: stored[name] for name in expected})
 
 
-def _weight_files(directory: Path, pattern: str, index_name: str) -> list[str]:
+def weight_files(directory: Path, pattern: str, index_name: str) -> list[str]:
     """The shards named by the index when there is one (transformers reads only those), else every match."""
     index = directory / index_name
     if not index.is_file():
@@ -82,7 +82,7 @@ def _open_safetensors(directory: Path) -> dict[str, StoredTensor]:
         return load
 
     stored: dict[str, StoredTensor] = {}
-    for file_name in _weight_files(directory, "*.safetensors", "model.safetensors.index.json"):
+    for file_name in weight_files(directory, "*.safetensors", "model.safetensors.index.json"):
         path = directory / file_name
         try:
             with safe_open(path, framework="pt") as handle:
@@ -101,7 +101,7 @@ def _open_pickles(directory: Path) -> dict[str, StoredTensor]:
     import torch
 
     stored: dict[str, StoredTensor] = {}
-    for file_name in _weight_files(directory, "pytorch_model*.bin", "pytorch_model.bin.index.json"):
+    for file_name in weight_files(directory, "pytorch_model*.bin", "pytorch_model.bin.index.json"):
         path = directory / file_name
         try:
             try:

@@ -4,7 +4,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import numpy_helper
 
 import phiexport.export.streamed_nbits as streamed
@@ -66,24 +65,3 @@ def test_streamed_quantization_writes_exactly_what_the_builder_writes(
     data = (tmp_path / "streamed" / "model.onnx.data").read_bytes()
     assert data == (tmp_path / "builder" / "model.onnx.data").read_bytes()
     assert list((tmp_path / "cache" / "spill").iterdir()) == []  # spill files are unlinked once mapped
-
-
-def _resident_file_kib() -> int:
-    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("RssFile:"))
-
-
-def test_pages_of_a_mapped_tensor_are_given_back_and_anonymous_memory_is_left_alone(tmp_path):
-    path = tmp_path / "weights.bin"
-    np.arange(16 << 20, dtype=np.float32).tofile(path)  # 64 MiB
-    mapped = torch.from_file(str(path), shared=False, size=16 << 20, dtype=torch.float32)
-    before = _resident_file_kib()
-    assert float(mapped.sum()) > 0  # touches every page
-    touched = _resident_file_kib()
-    streamed.drop_mapped_pages(mapped.view(4096, 4096).T)
-    assert touched - before > 60_000  # KiB
-    assert _resident_file_kib() - before < 1_000
-    assert float(mapped[-1]) == (16 << 20) - 1  # read back from the file
-
-    copy = torch.arange(1 << 20, dtype=torch.float32)
-    streamed.drop_mapped_pages(copy)
-    assert float(copy[-1]) == (1 << 20) - 1
