@@ -1,6 +1,7 @@
 """Write a full-size random checkpoint with a bundled recipe's published structure, for the scale benchmarks.
 
     .venv/bin/python benchmarks/full_size_checkpoint.py phi-4-mini-instruct /data/phi4-mini-shape
+    .venv/bin/python benchmarks/full_size_checkpoint.py phi-4 /data/phi4-2-layers --layers 2
 
 config.json at the published sizes (Phi-4-mini: 32 layers, hidden 3072, 24 heads, 8 KV heads, head_dim 128,
 vocab 200064, LongRoPE, tied embeddings), bf16 safetensors shards with an index, weights from a fixed seed
@@ -43,13 +44,15 @@ def random_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator)
     return (torch.randn(shape, generator=generator) * 0.02).to(torch.bfloat16)
 
 
-def write_checkpoint(recipe_name: str, directory: Path, seed: int) -> tuple[int, int]:
-    """Returns (parameters, bytes on disk of the weights)."""
+def write_checkpoint(recipe_name: str, directory: Path, seed: int, layers: int | None = None) -> tuple[int, int]:
+    """Returns (parameters, bytes on disk of the weights). `layers` keeps the published width and vocabulary with
+    fewer decoder layers: two such checkpoints give per-layer figures to project the whole model from."""
     recipe = load_recipe(recipe_name)
     assert recipe.structure is not None, f"{recipe_name} records no structure"
     directory.mkdir(parents=True, exist_ok=True)
     config = checkpoint_config(recipe.structure, *save_recipe_tokenizer(recipe, directory), miniature=False)
     config["torch_dtype"] = "bfloat16"
+    config["num_hidden_layers"] = layers or config["num_hidden_layers"]
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     shapes = parameter_shapes(directory)
 
@@ -82,9 +85,10 @@ def main() -> None:
     parser.add_argument("recipe", help="bundled recipe whose structure to use, e.g. phi-4-mini-instruct")
     parser.add_argument("output", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layers", type=int, help="decoder layers (default: the published count)")
     args = parser.parse_args()
     start = time.perf_counter()
-    parameters, size = write_checkpoint(args.recipe, args.output, args.seed)
+    parameters, size = write_checkpoint(args.recipe, args.output, args.seed, args.layers)
     print(
         f"{args.output}: {parameters / 1e9:.2f} B parameters, {size / 1e9:.2f} GB bf16, "
         f"{time.perf_counter() - start:.0f} s"

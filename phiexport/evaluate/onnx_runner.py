@@ -34,6 +34,7 @@ class PackageRunner:
             self._og_model = None
             options = ort.SessionOptions()
             options.log_severity_level = 3
+            options.enable_cpu_mem_arena = False  # an arena keeps each run's largest buffers: 0.2 GiB at Phi-4-mini
             self._session = ort.InferenceSession(str(self._decoder_file), options, providers=["CPUExecutionProvider"])
         return self._session
 

@@ -8,8 +8,9 @@ weights-only, as transformers opens them, so a pickle carrying code is refused h
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,15 @@ from phiexport.source.hf_dir import read_json
 _REFETCH = "download the checkpoint's weights again (the file is truncated or corrupt)"
 
 
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
+CHUNK_BYTES = 64 << 20  # the finiteness pass reads this much at a time: a 1.2 GB embedding is never whole in memory
+
+
 @dataclass(frozen=True)
 class StoredTensor:
     file: str
     shape: tuple[int, ...]
-    load: Callable[[], Any]  # the values, read only for the finiteness pass
+    chunks: Callable[[], Iterator[Any]]  # the values in pieces, read only for the finiteness pass
 
 
 def check_weights(directory: Path, *, pickled: bool = False) -> None:
@@ -74,12 +79,19 @@ def _open_safetensors(directory: Path) -> dict[str, StoredTensor]:
     """Names and shapes from the headers; a header that does not cover its file is refused."""
     from safetensors import SafetensorError, safe_open
 
-    def loader(path: Path, name: str) -> Callable[[], Any]:
-        def load() -> Any:
-            with safe_open(path, framework="pt") as handle:
-                return handle.get_tensor(name)
+    def loader(path: Path, name: str, shape: tuple[int, ...], dtype: str) -> Callable[[], Iterator[Any]]:
+        def chunks() -> Iterator[Any]:
+            if not shape:
+                with safe_open(path, framework="pt") as handle:
+                    yield handle.get_tensor(name)
+                return
+            row_bytes = math.prod(shape[1:]) * _DTYPE_BYTES.get(dtype, 4)
+            step = max(1, CHUNK_BYTES // max(row_bytes, 1))
+            for start in range(0, shape[0], step):
+                with safe_open(path, framework="pt") as handle:  # closing it unmaps the pages just read
+                    yield handle.get_slice(name)[start : start + step]
 
-        return load
+        return chunks
 
     stored: dict[str, StoredTensor] = {}
     for file_name in weight_files(directory, "*.safetensors", "model.safetensors.index.json"):
@@ -87,8 +99,9 @@ def _open_safetensors(directory: Path) -> dict[str, StoredTensor]:
         try:
             with safe_open(path, framework="pt") as handle:
                 for name in handle.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
-                    shape = tuple(handle.get_slice(name).get_shape())
-                    stored[name] = StoredTensor(file_name, shape, loader(path, name))
+                    piece = handle.get_slice(name)
+                    shape = tuple(piece.get_shape())
+                    stored[name] = StoredTensor(file_name, shape, loader(path, name, shape, piece.get_dtype()))
         except (SafetensorError, OSError) as exc:
             raise SourceError(f"{path} is not a readable safetensors file ({exc})", _REFETCH) from None
     return stored
@@ -121,8 +134,15 @@ def _open_pickles(directory: Path) -> dict[str, StoredTensor]:
         if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
             raise SourceError(f"{path} is not a state dict of tensors", "get safetensors weights for this model")
         for name, tensor in state.items():
-            stored[name] = StoredTensor(file_name, tuple(tensor.shape), tensor.detach)
+            stored[name] = StoredTensor(file_name, tuple(tensor.shape), _whole(tensor))
     return stored
+
+
+def _whole(tensor: Any) -> Callable[[], Iterator[Any]]:
+    def chunks() -> Iterator[Any]:
+        yield tensor.detach()
+
+    return chunks
 
 
 def _expected_shapes(directory: Path) -> tuple[dict[str, tuple[int, ...]], list[str]]:
@@ -145,8 +165,7 @@ def _check_finite(tensors: dict[str, StoredTensor]) -> None:
     import torch
 
     for name, stored in sorted(tensors.items()):
-        values = stored.load()
-        if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+        if any(values.is_floating_point() and not bool(torch.isfinite(values).all()) for values in stored.chunks()):
             raise SourceError(
                 f"tensor {name} in {stored.file} holds NaN or infinite values",
                 "download the checkpoint again; if it persists, the checkpoint itself is broken",

@@ -10,6 +10,7 @@ from phiexport.evaluate.metrics import (
     log_softmax,
     negative_log_likelihood,
     perplexity,
+    score_tokens,
     top1_agreement,
 )
 
@@ -72,3 +73,15 @@ def test_token_scores_summary_pools_tokens_across_sequences():
     assert summary["ppl_reference"] == pytest.approx(2.0)
     assert summary["ppl_package"] == pytest.approx(math.exp((math.log(2) + math.log(4 / 3)) / 2))
     assert summary["ppl_ratio"] == pytest.approx(summary["ppl_package"] / 2.0)
+
+
+def test_score_tokens_in_row_blocks_equals_scoring_every_row_at_once():
+    rng = np.random.default_rng(0)
+    ref, pkg = rng.normal(size=(100, 50)) * 3, rng.normal(size=(100, 50)) * 3
+    targets = rng.integers(0, 50, 100)
+    scores = score_tokens(ref, pkg, targets)
+    ref_lp, pkg_lp = log_softmax(ref), log_softmax(pkg)
+    assert np.allclose(scores["kl"], kl_divergence(ref_lp, pkg_lp), rtol=0, atol=1e-12)
+    assert scores["agree"] == (ref.argmax(1) == pkg.argmax(1)).tolist()
+    assert np.allclose(scores["pkg_nll"], -pkg_lp[np.arange(100), targets], rtol=0, atol=1e-12)
+    assert len(scores["ref_nll"]) == 100

@@ -1,0 +1,69 @@
+"""HTP compile time and context-binary size per graph of built NPU packages, each compile in its own process.
+
+    .venv/bin/python benchmarks/npu_compile.py packages/smollm2-135m-instruct/npu /data/phi4-4-layers/npu
+
+For each package: the prefill and the decode body compiled alone, then both into one weight-sharing binary (what the
+package ships), for one SoC; wall time and peak RSS of each compile, bytes of the binaries, and the QDQ body's own
+size and node count for scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import onnx
+from build_process import run_measured
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from phiexport.targets.npu import GRAPH_FILES
+
+COMPILE = """
+import sys
+from pathlib import Path
+from phiexport.targets.htp import compile_context_binary, compile_shared_context, soc
+target, output, bodies = soc(sys.argv[1]), Path(sys.argv[2]), [Path(p) for p in sys.argv[3:]]
+if len(bodies) == 1:
+    compile_context_binary(bodies[0], output / f"{bodies[0].stem}_ctx.onnx", target)
+else:
+    compile_shared_context(bodies, output, target)
+"""
+
+
+def body_facts(path: Path) -> tuple[int, int]:
+    """(bytes of the graph and its external data, nodes) of one QDQ body."""
+    size = path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(f"{path.name}.data"))
+    nodes = len(onnx.load(path, load_external_data=False).graph.node)
+    return size, nodes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("packages", type=Path, nargs="+", help="NPU package folders (phiexport build --target npu)")
+    parser.add_argument("--soc", default="x-elite")
+    args = parser.parse_args()
+    rows = []
+    for package in args.packages:
+        bodies = {kind: package / GRAPH_FILES[kind] for kind in ("prefill", "decode")}
+        runs = {"prefill alone": [bodies["prefill"]], "decode alone": [bodies["decode"]]}
+        runs["prefill + decode, weights shared"] = list(bodies.values())
+        for name, graphs in runs.items():
+            with tempfile.TemporaryDirectory() as scratch:
+                command = [sys.executable, "-c", COMPILE, args.soc, scratch, *map(str, graphs)]
+                _, _, wall, peak_gb = run_measured(command)
+                binary = sum(p.stat().st_size for p in Path(scratch).glob("*.bin"))
+            facts = [body_facts(graph) for graph in graphs]
+            qdq_mb = sum(size for size, _ in facts) / 1e6
+            nodes = "+".join(str(count) for _, count in facts)
+            rows.append((package, name, qdq_mb, nodes, wall, peak_gb, binary))
+    print(f"| package | compile ({args.soc}) | QDQ body MB | nodes | wall s | peak RSS GiB | context binary MB |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for package, name, qdq_mb, nodes, wall, peak_gb, binary in rows:
+        print(f"| {package} | {name} | {qdq_mb:.1f} | {nodes} | {wall:.1f} | {peak_gb:.2f} | {binary / 1e6:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
