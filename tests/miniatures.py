@@ -279,6 +279,8 @@ def checkpoint_config(
             "short_factor": list(rope.short_factor or ()),
             "long_factor": list(rope.long_factor or ()),
         }
+    elif model_type == "phi3":  # Phi-4 publishes it equal to its context; the builder reads a larger one as LongRoPE
+        config["original_max_position_embeddings"] = context
     elif rope.type == "llama3":
         config["rope_scaling"] = {
             "rope_type": "llama3",
