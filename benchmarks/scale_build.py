@@ -1,0 +1,112 @@
+"""Whole `phiexport build --target cpu` runs on full-size checkpoints: wall time and peak RSS of each stage.
+
+    .venv/bin/python benchmarks/full_size_checkpoint.py phi-4-mini-instruct /data/phi4-mini-shape
+    .venv/bin/python benchmarks/scale_build.py /data/phi4-mini-shape --scratch /data/runs
+
+The build runs in its own process; its RSS (anonymous + file-mapped, the process and its children) is sampled every
+0.2 s and each sample is assigned to the stage running at that moment (the stage times of `--json`, in order).
+The random checkpoints are not language models, so the accuracy figures only show that verification ran; the check
+is cut to a few sequences and one short greedy prompt (a random model's int4 package agrees with it on almost no
+token, the worst case for the speculative greedy check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+RECIPE = """version: 1
+name: scale-{name}
+source:
+  model: {model}
+targets: [cpu]
+evaluation:
+  sequences: {sequences}
+  greedy_prompts: 1
+  greedy_tokens: 4
+"""
+
+
+def resident_kib(pid: int) -> int:
+    """RssAnon + RssFile of `pid` and its descendants."""
+    total = 0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("RssAnon:", "RssFile:")):
+                total += int(line.split()[1])
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return total
+    return total + sum(resident_kib(int(child)) for child in children)
+
+
+def sampled_build(recipe: Path, output: Path) -> tuple[dict, float, list[tuple[float, int]]]:
+    """(the build's --json result, wall s, [(seconds since start, KiB)])."""
+    command = [sys.executable, "-m", "phiexport", "build", "-r", str(recipe), "-o", str(output), "--json"]
+    samples: list[tuple[float, int]] = []
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def sample() -> None:
+        while process.poll() is None:
+            samples.append((time.perf_counter() - start, resident_kib(process.pid)))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    stdout, stderr = process.communicate()
+    sampler.join()
+    if process.returncode != 0:
+        raise SystemExit(f"build of {recipe} failed: {stderr.strip().splitlines()[-1:]}")
+    return json.loads(stdout), time.perf_counter() - start, samples
+
+
+def stage_peaks(timings: dict[str, float], samples: list[tuple[float, int]], wall: float) -> dict[str, float]:
+    """Peak GiB within each stage's window; the process's start-up (before the first stage) goes to the first."""
+    peaks: dict[str, float] = {}
+    edge = wall - sum(timings.values())  # interpreter start-up and argument parsing
+    for index, (stage, seconds) in enumerate(timings.items()):
+        low, edge = (0.0 if index == 0 else edge), edge + seconds
+        inside = [kib for t, kib in samples if low <= t < edge]
+        peaks[stage] = max(inside, default=0) / 2**20
+    return peaks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", type=Path, nargs="+")
+    parser.add_argument("--sequences", type=int, default=4, help="held-out sequences in the build's check")
+    parser.add_argument("--scratch", type=Path, help="where recipes and packages go (default: a temporary folder)")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
+        for checkpoint in args.checkpoints:
+            recipe = Path(scratch) / f"{checkpoint.name}.yaml"
+            name = checkpoint.name.lower().replace("_", "-")
+            recipe.write_text(RECIPE.format(name=name, model=checkpoint.absolute(), sequences=args.sequences))
+            result, wall, samples = sampled_build(recipe, Path(scratch) / checkpoint.name)
+            size = sum(p.stat().st_size for p in checkpoint.glob("*.safetensors"))
+            package = sum(p.stat().st_size for p in Path(result["packages"]["cpu"]).rglob("*") if p.is_file())
+            peaks = stage_peaks(result["timings_s"], samples, wall)
+            rows.append((checkpoint.name, size, package, wall, result["timings_s"], peaks))
+    stages = list(rows[0][4])
+    header = " | ".join(f"{stage} s / GiB" for stage in stages)
+    print(f"| checkpoint | on disk GB | package GB | wall s | {header} | peak GiB | ÷ checkpoint |")
+    print("|---|---:|---:|---:|" + "---:|" * len(stages) + "---:|---:|")
+    for name, size, package, wall, timings, peaks in rows:
+        cells = " | ".join(f"{timings.get(s, 0):.0f} / {peaks.get(s, 0):.2f}" for s in stages)
+        peak = max(peaks.values())
+        print(
+            f"| {name} | {size / 1e9:.2f} | {package / 1e9:.2f} | {wall:.0f} | {cells} | {peak:.2f} | "
+            f"{peak * 2**30 / size:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
