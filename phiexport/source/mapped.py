@@ -27,6 +27,7 @@ class MappedWeights:
     def __init__(self, directory: Path):
         self._maps: list[mmap.mmap] = []
         self._tensors: dict[str, tuple[int, str, tuple[int, ...], int]] = {}  # name → map, dtype, shape, offset
+        self._files: dict[str, str] = {}
         for file_name in weight_files(directory, "*.safetensors", "model.safetensors.index.json"):
             with (directory / file_name).open("rb") as file:
                 mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)  # private: torch wants a writable buffer
@@ -35,13 +36,9 @@ class MappedWeights:
             for name, entry in header.items():
                 if name == "__metadata__":
                     continue
-                if entry["dtype"] not in _TORCH_DTYPES:
-                    raise SourceError(
-                        f"tensor {name} in {file_name} is {entry['dtype']}, not a floating-point type",
-                        "pass an unquantized checkpoint (fp32, fp16 or bf16 safetensors)",
-                    )
                 start = 8 + length + entry["data_offsets"][0]
                 self._tensors[name] = (len(self._maps), entry["dtype"], tuple(entry["shape"]), start)
+                self._files[name] = file_name
             self._maps.append(mapped)
 
     def __contains__(self, name: str) -> bool:
@@ -56,6 +53,11 @@ class MappedWeights:
         import torch
 
         index, dtype_name, shape, offset = self._tensors[name]
+        if dtype_name not in _TORCH_DTYPES:  # refused when read: sizing a checkpoint must not fail on a stray buffer
+            raise SourceError(
+                f"tensor {name} in {self._files[name]} is {dtype_name}, not a floating-point type",
+                "pass an unquantized checkpoint (fp32, fp16 or bf16 safetensors)",
+            )
         dtype = getattr(torch, _TORCH_DTYPES[dtype_name])
         count = math.prod(shape)
         return torch.frombuffer(self._maps[index], dtype=dtype, count=count, offset=offset).view(shape)

@@ -53,6 +53,8 @@ def test_mapped_weights_read_every_dtype_and_shard_exactly(tmp_path):
 
 
 def test_mapped_weights_refuse_integer_tensors(tmp_path):
-    save_file({"q": torch.zeros(4, dtype=torch.int8)}, tmp_path / "model.safetensors")
+    save_file({"q": torch.zeros(4, dtype=torch.int8), "f": torch.ones(2)}, tmp_path / "model.safetensors")
+    weights = MappedWeights(tmp_path)
+    assert weights.fp32_bytes() == 24  # sized without reading
     with pytest.raises(SourceError, match=r"tensor q in model\.safetensors is I8"):
-        MappedWeights(tmp_path)
+        weights.view("q")
