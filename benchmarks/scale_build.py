@@ -1,7 +1,8 @@
-"""Whole `phiexport build --target cpu` runs on full-size checkpoints: wall time and peak RSS of each stage.
+"""Whole `phiexport build` runs on full-size checkpoints: wall time and peak RSS of each stage.
 
     .venv/bin/python benchmarks/full_size_checkpoint.py phi-4-mini-instruct /data/phi4-mini-shape
     .venv/bin/python benchmarks/scale_build.py /data/phi4-mini-shape --scratch /data/runs
+    .venv/bin/python benchmarks/scale_build.py /data/phi4-mini-shape --target npu --scratch /data/runs
 
 The build runs in its own process; its RSS (anonymous + file-mapped, the process and its children) is sampled every
 0.2 s and each sample is assigned to the stage running at that moment (the stage times of `--json`, in order).
@@ -25,7 +26,7 @@ RECIPE = """version: 1
 name: scale-{name}
 source:
   model: {model}
-targets: [cpu]
+targets: [{target}]
 evaluation:
   sequences: {sequences}
   greedy_prompts: 1
@@ -83,16 +84,19 @@ def main() -> None:
     parser.add_argument("checkpoints", type=Path, nargs="+")
     parser.add_argument("--sequences", type=int, default=4, help="held-out sequences in the build's check")
     parser.add_argument("--scratch", type=Path, help="where recipes and packages go (default: a temporary folder)")
+    parser.add_argument("--target", default="cpu", choices=("cpu", "dml", "npu"), help="the package to build")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         for checkpoint in args.checkpoints:
             recipe = Path(scratch) / f"{checkpoint.name}.yaml"
             name = checkpoint.name.lower().replace("_", "-")
-            recipe.write_text(RECIPE.format(name=name, model=checkpoint.absolute(), sequences=args.sequences))
+            recipe.write_text(
+                RECIPE.format(name=name, model=checkpoint.absolute(), sequences=args.sequences, target=args.target)
+            )
             result, wall, samples = sampled_build(recipe, Path(scratch) / checkpoint.name)
             size = sum(p.stat().st_size for p in checkpoint.glob("*.safetensors"))
-            package = sum(p.stat().st_size for p in Path(result["packages"]["cpu"]).rglob("*") if p.is_file())
+            package = sum(p.stat().st_size for p in Path(result["packages"][args.target]).rglob("*") if p.is_file())
             peaks = stage_peaks(result["timings_s"], samples, wall)
             rows.append((checkpoint.name, size, package, wall, result["timings_s"], peaks))
     stages = list(rows[0][4])

@@ -37,7 +37,7 @@ from phiexport.quantize.weight_only import builder_options, check_block_layout, 
 from phiexport.recipe import Recipe
 from phiexport.source import resolve_source
 from phiexport.targets import TARGETS
-from phiexport.targets.npu import build_npu_package
+from phiexport.targets.npu import build_npu_package, check_npu_weights
 from phiexport.targets.op_contract import load_contract
 
 
@@ -113,6 +113,7 @@ def _build_into(
         check_block_layout(checkpoint.config, quant)
         if any(TARGETS[name].static_shapes for name in recipe.targets):
             check_htp_blocks(checkpoint.config, quant.block_size)
+            check_npu_weights(recipe)
         exported, calibrated, prepared = checkpoint, None, None
         if (quant.rotate or quant.calibrated) and any(not TARGETS[name].static_shapes for name in recipe.targets):
             with progress.stage("prepare weights", _preparation(recipe)):

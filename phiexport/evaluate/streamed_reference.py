@@ -1,11 +1,8 @@
-"""The torch reference one decoder layer at a time: what transformers computes, without the model in memory.
-
-Phi-4-mini in fp32 is 15 GB. Here the model is a skeleton on the meta device; each decoder layer in turn is given
-its fp32 weights from the mapped checkpoint, runs every sequence, and is emptied again (the inputs of layer 0 are
-captured as GPTQ captures them). The embedding reads only the rows it needs and the lm_head runs in vocabulary
-chunks. Greedy text is decoded speculatively with a package as the draft: one layer pass checks every drafted token,
-keeps them up to the first the reference would not have chosen and adds its own token there, so the result is the
-reference's greedy text, however good or bad the draft.
+"""The torch reference one decoder layer at a time (source/layered.py): every sequence passes a layer before the
+next layer's weights are read, so only one layer is in memory. Layer 0's inputs are captured as GPTQ captures them;
+the lm_head runs in vocabulary chunks. Greedy text is decoded speculatively with a package as the draft: one layer
+pass checks every drafted token, keeps them up to the first the reference would not have chosen and adds its own
+token there, so the result is the reference's greedy text, however good or bad the draft.
 """
 
 from __future__ import annotations
@@ -18,10 +15,9 @@ import numpy as np
 
 from phiexport.evaluate.data import ScoredSequence
 from phiexport.evaluate.reference import Draft, Track
-from phiexport.source.mapped import MappedWeights
+from phiexport.source.layered import LayeredModel
 
 VOCAB_ROWS_PER_CHUNK = 16384  # lm_head rows multiplied at once: 200 MB of fp32 at Phi-4-mini's width
-EMBEDDING = "model.embed_tokens.weight"
 
 
 class StreamedReference:
@@ -29,21 +25,10 @@ class StreamedReference:
 
     def __init__(self, checkpoint_dir: Path, *, track: Track | None = None):
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        from phiexport.source.torch_model import quiet_transformers
 
         self._torch = torch
         self._track = track or (lambda items, _total, _description: items)
-        self._weights = MappedWeights(checkpoint_dir)
-        config = AutoConfig.from_pretrained(checkpoint_dir)
-        with quiet_transformers(), torch.device("meta"):
-            self._model: Any = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-        inner = self._model.model
-        inner.embed_tokens = _mapped_embedding(self._weights)
-        inner.rotary_emb = type(inner.rotary_emb)(config=self._model.config)  # its buffers come from the config
-        self._norm = self._load(inner.norm, "model.norm.")
-        self._lm_head = "lm_head.weight" if "lm_head.weight" in self._weights else EMBEDDING
+        self._source = LayeredModel(checkpoint_dir)
 
     def scored_logits(self, sequences: Sequence[ScoredSequence]) -> Iterator[np.ndarray]:
         """Each sequence's logits at its scored positions: one layer pass over them all, then the lm_head per
@@ -83,37 +68,21 @@ class StreamedReference:
 
         torch = self._torch
         with torch.inference_mode():
-            calls = first_layer_calls(self._model, sequences)
-            layers = self._model.model.layers
-            for index, layer in self._track(enumerate(layers), len(layers), f"reference, {len(calls)} sequences"):
-                self._load(layer, f"model.layers.{index}.")
+            source = self._source
+            calls = first_layer_calls(source.model, sequences)
+            count = source.num_layers
+            for index in self._track(range(count), count, f"reference, {len(calls)} sequences"):
+                layer = source.layer(index)
                 calls = [call.through(layer) for call in calls]
-                layer.to("meta")
-            return [self._norm(call.hidden)[0] for call in calls]
-
-    def _load(self, module: Any, prefix: str) -> Any:
-        """`module` with its fp32 weights from the checkpoint (a meta module is given the tensors themselves)."""
-        state = {name: self._weights.read(prefix + name) for name in module.state_dict()}
-        module.load_state_dict(state, strict=True, assign=True)
-        return module
+                source.release(layer)
+            return [source.norm(call.hidden)[0] for call in calls]
 
     def _logits(self, states: Any) -> np.ndarray:
         """`states @ lm_headᵀ`, reading the lm_head a vocabulary chunk at a time."""
-        vocab = self._weights.view(self._lm_head).shape[0]
+        vocab = self._source.vocab_size
         logits = np.empty((states.shape[0], vocab), dtype=np.float32)
         with self._torch.inference_mode():
             for start in range(0, vocab, VOCAB_ROWS_PER_CHUNK):
                 stop = min(start + VOCAB_ROWS_PER_CHUNK, vocab)
-                logits[:, start:stop] = (states @ self._weights.read(self._lm_head, slice(start, stop)).T).numpy()
+                logits[:, start:stop] = (states @ self._source.lm_head_rows(start, stop).T).numpy()
         return logits
-
-
-def _mapped_embedding(weights: MappedWeights) -> Any:
-    """Stands in for `nn.Embedding`: reads the rows of the ids asked for, in fp32, from the mapped checkpoint."""
-    from torch import nn
-
-    class MappedEmbedding(nn.Module):
-        def forward(self, ids: Any) -> Any:
-            return weights.read(EMBEDDING, ids.reshape(-1)).view(*ids.shape, -1)
-
-    return MappedEmbedding()

@@ -117,9 +117,9 @@ def _modules() -> tuple[type, type, type]:
             return self.embed_tokens(input_ids), cos, sin
 
     class Body(torch.nn.Module):
-        def __init__(self, model: Any, layout: StaticLayout):
+        def __init__(self, layers: Any, layout: StaticLayout):
             super().__init__()
-            self.layers = model.model.layers
+            self.layers = layers
             self.layout = layout
 
         def forward(self, hidden: Any, cos: Any, sin: Any, mask: Any, *past: Any) -> tuple[Any, ...]:
@@ -211,15 +211,7 @@ def export_static_graphs(model: Any, layout: StaticLayout, output: Path) -> dict
             outputs=["hidden", "cos", "sin"],
             dynamic={"input_ids": {1: "steps"}, "position_ids": {1: "steps"}},
         )
-        body = Body(model, layout)
-        for kind, steps in (("prefill", layout.chunk), ("decode", 1)):
-            _export(
-                body,
-                body_example(layout, steps),
-                paths[kind],
-                inputs=body_input_names(layout),
-                outputs=body_output_names(layout),
-            )
+        _export_bodies(Body(model.model.layers, layout), layout, paths)
         hidden = torch.zeros(1, 2, layout.hidden)
         _export(
             LmHead(model),
@@ -230,6 +222,32 @@ def export_static_graphs(model: Any, layout: StaticLayout, output: Path) -> dict
             dynamic={"hidden_out": {1: "steps"}},
         )
     return paths
+
+
+def export_layer_graphs(layer: Any, layout: StaticLayout, output: Path) -> dict[str, Path]:
+    """One decoder layer as fp32 body graphs (`prefill`, `decode`) of a one-layer layout, in `output`."""
+    import dataclasses
+
+    import torch
+
+    _, Body, _ = _modules()
+    single = dataclasses.replace(layout, layers=1)
+    output.mkdir(parents=True, exist_ok=True)
+    paths = {"prefill": output / "body_prefill.onnx", "decode": output / "body_decode.onnx"}
+    with torch.no_grad():
+        _export_bodies(Body(torch.nn.ModuleList([layer]), single), single, paths)
+    return paths
+
+
+def _export_bodies(body: Any, layout: StaticLayout, paths: dict[str, Path]) -> None:
+    for kind, steps in (("prefill", layout.chunk), ("decode", 1)):
+        _export(
+            body,
+            body_example(layout, steps),
+            paths[kind],
+            inputs=body_input_names(layout),
+            outputs=body_output_names(layout),
+        )
 
 
 def body_input_names(layout: StaticLayout) -> list[str]:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
+from phiexport.errors import BuildError
 from phiexport.quantize.grid import BlockGrid, QuantizedWeight, quantize_rtn
-from phiexport.quantize.layerwise import LayerCall, first_layer_calls, quantize_layerwise
+from phiexport.quantize.layerwise import LayerCall, LayerwiseQuantizer, Method, first_layer_calls, quantize_layerwise
 from phiexport.recipe import QuantizationConfig
 
 # Linears that read the same input share one bit width (the genai builder packs q/k/v into one MatMulNBits).
@@ -59,7 +60,7 @@ def calibrate_weights(
     symmetric = not quant.zero_points
     units = quantization_units(model)
     bits = {unit: 4 if quant.precision == "int4" else 8 for unit in units}
-    summary: dict[str, Any] = {"method": quant.method, "block_size": quant.block_size, "symmetric": symmetric}
+    summary = _summary(quant)
     if quant.mixed == "auto":
         sensitivity = measure_sensitivity(model, units, BlockGrid(4, quant.block_size, symmetric), sequences)
         sizes = {unit: sum(model.get_submodule(name).weight.numel() for name in unit) for unit in units}
@@ -77,6 +78,24 @@ def calibrate_weights(
     else:
         weights = _round_in_place(model, grids)
     return CalibratedWeights(weights, summary)
+
+
+def layer_by_layer(
+    model: Any, sequences: list[list[int]], quant: QuantizationConfig
+) -> tuple[LayerwiseQuantizer, dict[str, Any]]:
+    """GPTQ or AWQ for a model whose layers arrive one at a time (a `LayeredModel`'s skeleton): the quantizer and
+    the manifest's summary. (A measured int4/int8 mix scores the whole model per candidate: targets/npu.py refuses
+    it before the build starts.)"""
+    if quant.method not in ("gptq", "awq"):
+        raise BuildError(f"{quant.method} does not run a layer at a time", "report a bug")
+    bits = 4 if quant.precision == "int4" else 8
+    grid = BlockGrid(bits, quant.block_size, not quant.zero_points)
+    grids = {name: grid for unit in quantization_units(model) for name in unit}
+    return LayerwiseQuantizer(model, sequences, grids, cast(Method, quant.method)), _summary(quant)
+
+
+def _summary(quant: QuantizationConfig) -> dict[str, Any]:
+    return {"method": quant.method, "block_size": quant.block_size, "symmetric": not quant.zero_points}
 
 
 def measure_sensitivity(

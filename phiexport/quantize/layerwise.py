@@ -55,29 +55,47 @@ def quantize_layerwise(
     `on_layer(done, total)` reports progress.
     """
     layers = model.model.layers
+    quantizer = LayerwiseQuantizer(model, sequences, grids, method)
     quantized: dict[str, QuantizedWeight] = {}
-    with torch.inference_mode():
-        calls = first_layer_calls(model, sequences)
-        for index, layer in enumerate(layers):
-            prefix = f"model.layers.{index}."
-            layer_grids = {name[len(prefix) :]: grid for name, grid in grids.items() if name.startswith(prefix)}
-            groups = _input_groups(layer, calls[0], set(layer_grids))
-            if method == "awq":
-                _apply_awq_scales(layer, calls, groups, layer_grids, model.config)
+    for index, layer in enumerate(layers):
+        quantized.update(quantizer.quantize(index, layer))
+        if on_layer:
+            on_layer(index + 1, len(layers))
+    return quantized
+
+
+class LayerwiseQuantizer:
+    """GPTQ or AWQ a decoder layer at a time, in order, each layer given to `quantize` as it is reached: the whole
+    model need not be in memory (the NPU build hands it the layers of a `LayeredModel`)."""
+
+    def __init__(self, model: Any, sequences: list[list[int]], grids: dict[str, BlockGrid], method: Method):
+        self._config, self._grids, self._method = model.config, grids, method
+        with torch.inference_mode():
+            self._calls = first_layer_calls(model, sequences)
+
+    def quantize(self, index: int, layer: Any) -> dict[str, QuantizedWeight]:
+        """Quantize decoder layer `index` in place (its inputs are the quantized outputs of the layers before);
+        returns its codes by full module name."""
+        prefix = f"model.layers.{index}."
+        grids = {name[len(prefix) :]: grid for name, grid in self._grids.items() if name.startswith(prefix)}
+        quantized: dict[str, QuantizedWeight] = {}
+        calls = self._calls
+        with torch.inference_mode():
+            groups = _input_groups(layer, calls[0], set(grids))
+            if self._method == "awq":
+                _apply_awq_scales(layer, calls, groups, grids, self._config)
             for group in groups:
                 importance = _hessian(layer, calls, group[0])
                 for name in group:
                     linear = layer.get_submodule(name)
-                    if method == "gptq":
-                        result = gptq_quantize(linear.weight, importance, layer_grids[name])
+                    if self._method == "gptq":
+                        result = gptq_quantize(linear.weight, importance, grids[name])
                     else:
-                        result = quantize_rtn(linear.weight, layer_grids[name], torch.diagonal(importance), search=True)
+                        result = quantize_rtn(linear.weight, grids[name], torch.diagonal(importance), search=True)
                     linear.weight.copy_(result.dequantize().to(linear.weight.dtype))
                     quantized[prefix + name] = result
-            calls = [call.through(layer) for call in calls]
-            if on_layer:
-                on_layer(index + 1, len(layers))
-    return quantized
+            self._calls = [call.through(layer) for call in calls]
+        return quantized
 
 
 def first_layer_calls(model: Any, sequences: list[list[int]]) -> list[LayerCall]:

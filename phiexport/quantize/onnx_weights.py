@@ -5,8 +5,8 @@ rounding reproduces closely, never exactly) and then their integers are replaced
 
 - CPU: the genai builder's MatMulNBits nodes (B, scales, zero points), matched to HF linears by the builder's node
   names; every match is checked against the builder's own rounding of the same weights.
-- NPU: the blocked DequantizeLinear weights of onnxruntime's QDQ quantizer (`<weight>_quantized`, `<weight>_scale`),
-  matched to HF linears by the float values of the graph before quantization.
+- NPU: `match_float_weights` finds the HF linear each float initializer of a layer's graph holds, by its values;
+  quantize/static_qdq.py writes those codes as the graph's blocked DequantizeLinear weights.
 """
 
 from __future__ import annotations
@@ -128,35 +128,6 @@ def pack_matmul_nbits(weight: QuantizedWeight) -> tuple[np.ndarray, np.ndarray, 
     else:
         packed = padded.reshape(rows, blocks, grid.block_size)
     return packed, weight.scales.numpy().astype(np.float32), zero_points
-
-
-def write_qdq_weights(model_path: Path, sources: dict[str, QuantizedWeight]) -> int:
-    """Replace the int4/int8 blocked weights of the QDQ graph `model_path` (in place) with `weights`.
-
-    `sources` maps the float graph's weight names to calibrated weights (match_float_weights): the QDQ quantizer
-    names their integer forms `<name>_quantized` and `<name>_scale`. Returns how many weights were replaced.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(model_path))
-    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
-    replaced = 0
-    for name, weight in sources.items():
-        quantized, scale = initializers.get(f"{name}_quantized"), initializers.get(f"{name}_scale")
-        if quantized is None or scale is None:
-            continue
-        blocks = torch.arange(weight.codes.shape[1]) // weight.grid.block_size
-        signed = weight.codes.to(torch.int16) - weight.zero_points.to(torch.int16)[:, blocks]
-        dtype = onnx.TensorProto.INT4 if weight.grid.bits == 4 else onnx.TensorProto.INT8
-        if quantized.data_type != dtype or not weight.grid.symmetric:
-            raise BuildError(f"{name}: the QDQ graph holds another weight type than the calibrated one", "report a bug")
-        values = signed.T.contiguous().numpy().astype(np.int8)
-        quantized.CopyFrom(onnx.helper.make_tensor(quantized.name, dtype, values.shape, values.flatten().tolist()))
-        scale.CopyFrom(numpy_helper.from_array(weight.scales.T.contiguous().numpy().astype(np.float32), scale.name))
-        replaced += 1
-    _save(model, model_path)
-    return replaced
 
 
 def match_float_weights(fp32_path: Path, weights: dict[str, QuantizedWeight]) -> dict[str, QuantizedWeight]:

@@ -26,32 +26,40 @@ def rotate_decoder(model: Any, seed: int) -> None:
 
     inner = model.model
     rotation = torch.from_numpy(random_orthogonal_hadamard(model.config.hidden_size, seed))
-    lm_head = _rotated_rows(model.lm_head.weight.detach(), rotation, inner.norm.weight.detach().double())
-    embedding = _rotated_rows(inner.embed_tokens.weight.detach(), rotation)
-
+    lm_head = rotated_rows(model.lm_head.weight.detach(), rotation, inner.norm.weight.detach().double())
+    embedding = rotated_rows(inner.embed_tokens.weight.detach(), rotation)
+    for layer in inner.layers:
+        rotate_layer(layer, rotation)
     with torch.no_grad():
-        for layer in inner.layers:
-            for block, norm in (("self_attn", layer.input_layernorm), ("mlp", layer.post_attention_layernorm)):
-                module = getattr(layer, block)
-                scale = norm.weight.detach().double()
-                for name, linear in module.named_children():
-                    if isinstance(linear, torch.nn.Linear) and name != _WRITERS[block]:
-                        _set(linear.weight, (linear.weight.double() * scale[None, :]) @ rotation)
-                norm.weight.fill_(1.0)
-                writer = getattr(module, _WRITERS[block])
-                _set(writer.weight, rotation.T @ writer.weight.double())
-                if writer.bias is not None:
-                    _set(writer.bias, rotation.T @ writer.bias.double())
         inner.norm.weight.fill_(1.0)
         inner.embed_tokens.weight = torch.nn.Parameter(embedding, requires_grad=False)
         model.lm_head.weight = torch.nn.Parameter(lm_head, requires_grad=False)
     model.config.tie_word_embeddings = False
 
 
+def rotate_layer(layer: Any, rotation: Any) -> None:
+    """Fold `rotation` (float64) into one decoder layer, in place: its norms' scales move into the linears that
+    read the stream, which read it rotated; the linears that write the stream write it rotated."""
+    import torch
+
+    with torch.no_grad():
+        for block, norm in (("self_attn", layer.input_layernorm), ("mlp", layer.post_attention_layernorm)):
+            module = getattr(layer, block)
+            scale = norm.weight.detach().double()
+            for name, linear in module.named_children():
+                if isinstance(linear, torch.nn.Linear) and name != _WRITERS[block]:
+                    _set(linear.weight, (linear.weight.double() * scale[None, :]) @ rotation)
+            norm.weight.fill_(1.0)
+            writer = getattr(module, _WRITERS[block])
+            _set(writer.weight, rotation.T @ writer.weight.double())
+            if writer.bias is not None:
+                _set(writer.bias, rotation.T @ writer.bias.double())
+
+
 ROWS_PER_BLOCK = 8192  # vocabulary rows rotated at once in float64: 200 MB at Phi-4-mini's width, not 4.9 GB
 
 
-def _rotated_rows(weight: Any, rotation: Any, scale: Any = None) -> Any:
+def rotated_rows(weight: Any, rotation: Any, scale: Any = None) -> Any:
     """`(weight · diag(scale)) @ rotation` in float64, a block of rows at a time, returned in `weight`'s dtype."""
     import torch
 

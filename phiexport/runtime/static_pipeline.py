@@ -33,7 +33,6 @@ class StaticPipeline:
         shape = (1, layout.kv_heads, layout.context, layout.head_dim)
         self.cache = {name: np.zeros(shape, dtype=np.float32) for name in layout.cache_names()}
         self._input_names = body_input_names(layout)
-        self.on_body_step: Callable[[str, dict[str, np.ndarray]], None] | None = None  # sees every body feed
 
     @classmethod
     def from_graphs(
@@ -96,21 +95,21 @@ class StaticPipeline:
         padded[0, :real] = ids
         positions = np.minimum(np.arange(start, start + steps, dtype=np.int64), self.layout.context - 1)[None]
         hidden, cos, sin = self.sessions["embeddings"].run(None, {"input_ids": padded, "position_ids": positions})
-        feed = {"hidden": hidden, "cos": cos, "sin": sin, "mask": self._mask(steps), **self.cache}
+        feed = {"hidden": hidden, "cos": cos, "sin": sin, "mask": body_mask(self.layout, start, steps), **self.cache}
         feed = {name: feed[name] for name in self._input_names}
-        if self.on_body_step is not None:
-            self.on_body_step(graph, feed)
         outputs = self.sessions[graph].run(None, feed)
         for name, new in zip(self.layout.cache_names(), outputs[1:], strict=True):
             self.cache[name][:, :, start : start + real] = new[:, :, :real]
         self.filled += real
         return np.asarray(outputs[0][0, :real], dtype=np.float32)
 
-    def _mask(self, steps: int) -> np.ndarray:
-        mask = np.full((1, 1, steps, self.layout.context + steps), MASKED, dtype=np.float32)
-        mask[..., : self.filled] = 0.0
-        mask[0, 0, :, self.layout.context :] = np.triu(np.full((steps, steps), MASKED, dtype=np.float32), k=1)
-        return mask
+
+def body_mask(layout: StaticLayout, filled: int, steps: int) -> np.ndarray:
+    """The additive mask of a body step after `filled` cached tokens: those slots and the chunk's causal part."""
+    mask = np.full((1, 1, steps, layout.context + steps), MASKED, dtype=np.float32)
+    mask[..., :filled] = 0.0
+    mask[0, 0, :, layout.context :] = np.triu(np.full((steps, steps), MASKED, dtype=np.float32), k=1)
+    return mask
 
 
 def cpu_session(path: Path) -> Any:
@@ -118,6 +117,17 @@ def cpu_session(path: Path) -> Any:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def exact_session(path: Path) -> Any:
+    """A CPU session without graph optimizations, as onnxruntime's calibrator runs a graph: the outputs it gives
+    one layer are the inputs the calibrator sees in the next, bit for bit."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -1,8 +1,11 @@
 """Qualcomm NPU package, Phi Silica-style: w4a16 body as a 64-token prefill graph and a 1-token decode graph sharing
 one copy of the weights in precompiled HTP context binaries; embeddings and LM head on the CPU.
 
-Stages: load (+ Hadamard rotation) → export static fp32 graphs → record calibration feeds from the fp32 pipeline →
-QDQ-quantize the bodies → quantize the CPU graphs → compile context binaries per SoC → check on the HTP simulator.
+Stages: the CPU graphs (embeddings, LM head) quantized a block of vocabulary rows at a time → per decoder layer:
+its fp32 weights (rotated, GPTQ/AWQ if asked), its fp32 graphs, the calibration samples run through them, its QDQ
+graphs → the layers stitched into the prefill and decode bodies → context binaries per SoC → a check on the HTP
+simulator. One decoder layer is in memory at a time (source/layered.py), so the build's memory does not grow with
+the depth of the model.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from phiexport.errors import BuildError
+from phiexport.errors import BuildError, UsageError
 from phiexport.evaluate.metrics import TokenScores
-from phiexport.export.static_graphs import StaticLayout, export_static_graphs
+from phiexport.export.static_graphs import StaticLayout
 from phiexport.progress import StageProgress
 from phiexport.recipe import Recipe
 from phiexport.source import Checkpoint
@@ -61,65 +64,50 @@ def build_npu_package(
 
     `prepared` is the rotated and/or calibrated checkpoint made for the CPU target, reused when it fits.
     """
-    from phiexport.quantize.calibrated import calibrate_weights
-    from phiexport.quantize.calibration import record_body_feeds
-    from phiexport.quantize.cpu_side import quantize_cpu_graph
-    from phiexport.quantize.onnx_weights import match_float_weights, write_qdq_weights
-    from phiexport.quantize.prepare import calibration_text, load_float_model
-    from phiexport.quantize.rotation import rotate_decoder
-    from phiexport.quantize.static_qdq import quantize_body
-    from phiexport.runtime.static_pipeline import StaticPipeline
+    from phiexport.export.static_graphs import rotary_tables
+    from phiexport.export.vocab_graphs import write_vocab_graphs
+    from phiexport.quantize.calibration import LayerCalibration
+    from phiexport.quantize.prepare import calibration_text
+    from phiexport.source.layered import LayeredModel
 
     npu, quant = recipe.npu, recipe.quantization
     layout = StaticLayout.from_config(checkpoint.config, context=npu.context_length, chunk=npu.chunk)
-    fp32_dir = scratch / "npu-fp32"
     sequences = calibration_text(checkpoint, recipe, max_tokens=layout.context)
-    calibrated = None
-    if prepared is not None and npu.rotate == quant.rotate:  # the CPU target's weights are these weights
-        model = load_float_model(prepared[0], trust_remote_code=recipe.source.trust_remote_code)
-        calibrated = prepared[1]
-    else:
-        model = load_float_model(checkpoint, trust_remote_code=recipe.source.trust_remote_code)
-        if npu.rotate:
-            rotate_decoder(model, quant.rotation_seed)
-        if quant.calibrated:
-            with progress.stage("npu weights", f"{quant.method} on {len(sequences)} GSM8K train conversations"):
-                calibrated = calibrate_weights(model, sequences, quant)
-    with progress.stage("npu export", f"prefill {npu.chunk} + decode 1, context {npu.context_length}"):
-        fp32_graphs = export_static_graphs(model, layout, fp32_dir)
-        del model
-
-    sequences = sequences[: npu.activation_sequences]
-    with progress.stage("npu calibrate", f"{len(sequences)} GSM8K train conversations"):
-        feeds = record_body_feeds(
-            StaticPipeline.from_graphs(fp32_graphs, layout),
-            sequences,
-            decode_samples=npu.decode_samples,
-            seed=recipe.calibration.seed,
-        )
-
-    weight_bits = 4 if quant.precision == "int4" else 8
+    reuse = prepared is not None and reuses_prepared(recipe)
+    source = LayeredModel(
+        prepared[0].path if reuse and prepared else checkpoint.path,
+        rotation_seed=quant.rotation_seed if npu.rotate and not reuse else None,
+        trust_remote_code=recipe.source.trust_remote_code,
+    )
+    cos, sin = (table.numpy() for table in rotary_tables(source.model, layout.context))
     package_dir.mkdir(parents=True, exist_ok=True)
+    weight_bits = 4 if quant.precision == "int4" else 8
+    with progress.stage("npu vocabulary", f"embeddings int4, lm_head int{npu.lm_head_bits}, block 32"):
+        write_vocab_graphs(source, layout, cos, sin, package_dir, lm_head_bits=npu.lm_head_bits)
+
+    codes, summary = _layer_weights(source, sequences, recipe, prepared[1] if reuse and prepared else None)
+    activations = LayerCalibration(
+        layout,
+        sequences[: npu.activation_sequences],
+        decode_samples=npu.decode_samples,
+        seed=recipe.calibration.seed,
+        cos=cos,
+        sin=sin,
+        embed=lambda ids: source.embedding_rows(torch_ids(ids)).numpy(),
+    )
+    with progress.stage("npu layers", f"export, calibrate, quantize w{weight_bits} block {quant.block_size} a16"):
+        quantize_layers(
+            source,
+            layout,
+            activations,
+            codes,
+            scratch / "npu-layers",
+            package_dir,
+            weight_bits=weight_bits,
+            block_size=quant.block_size,
+            track=progress.track,
+        )
     graphs = {name: package_dir / file for name, file in GRAPH_FILES.items()}
-    with progress.stage("npu quantize", f"w{weight_bits} block {quant.block_size}, a16"):
-        for kind in ("prefill", "decode"):
-            sources = match_float_weights(fp32_graphs[kind], calibrated.weights) if calibrated else {}
-            quantize_body(
-                fp32_graphs[kind],
-                feeds[kind],
-                graphs[kind],
-                weight_bits=weight_bits,
-                block_size=quant.block_size,
-                bits_by_weight={name: weight.grid.bits for name, weight in sources.items()},
-            )
-            if sources and write_qdq_weights(graphs[kind], sources) != len(sources):
-                raise BuildError(f"not every calibrated weight reached the {kind} graph", "report a bug")
-        del feeds
-        for name in ("embeddings", "lm_head"):
-            shutil.copy2(fp32_graphs[name], graphs[name])
-            shutil.copy2(fp32_dir / f"{name}.data", package_dir / f"{name}.data")
-        quantize_cpu_graph(graphs["embeddings"], node="/embed_tokens/Gather", bits=4)
-        quantize_cpu_graph(graphs["lm_head"], node="/lm_head/MatMul", bits=npu.lm_head_bits)
 
     contexts: dict[str, Any] = {}
     separate: dict[str, dict[str, Path]] = {}
@@ -131,7 +119,7 @@ def build_npu_package(
     first = npu.socs[0]
     with progress.stage("npu simulator", f"{npu.simulator_decode_tokens} decode tokens on the HTP simulator"):
         simulator = simulator_check(
-            graphs, separate[first], layout, sequences[0], first, decode_tokens=npu.simulator_decode_tokens
+            graphs, separate[first], layout, activations.sequences[0], first, decode_tokens=npu.simulator_decode_tokens
         )
 
     write_pipeline_files(package_dir, recipe, checkpoint, layout, contexts)
@@ -144,15 +132,108 @@ def build_npu_package(
         "embeddings": "int4 block 32 (GatherBlockQuantized)",
         "lm_head": f"int{npu.lm_head_bits} block 32 (MatMulNBits)",
         "calibration": {
-            "prefill_samples": sum(-(-min(len(ids), layout.context) // layout.chunk) for ids in sequences),
-            "decode_samples": npu.decode_samples * len(sequences),
-            "activation_sequences": len(sequences),
+            "prefill_samples": len(activations.calls["prefill"]),
+            "decode_samples": len(activations.calls["decode"]),
+            "activation_sequences": len(activations.sequences),
             **recipe.calibration.model_dump(),
         },
-        "calibrated": calibrated.summary if calibrated else None,
+        "calibrated": summary,
         "contexts": contexts,
         "simulator": simulator,
     }
+
+
+def reuses_prepared(recipe: Recipe) -> bool:
+    """Whether the NPU package takes the weights the CPU-side targets prepared (the same rotation) rather than
+    preparing its own."""
+    from phiexport.targets import TARGETS
+
+    prepares = any(not TARGETS[name].static_shapes for name in recipe.targets)
+    return prepares and recipe.npu.rotate == recipe.quantization.rotate
+
+
+def check_npu_weights(recipe: Recipe) -> None:
+    """Refuse, before anything is built, a weight method the NPU build cannot run on its own, a layer at a time."""
+    quant = recipe.quantization
+    if quant.is_integer and quant.mixed == "auto" and not reuses_prepared(recipe):
+        raise UsageError(
+            "mixed: auto scores the whole model per candidate, and the NPU build holds one decoder layer at a time",
+            "add the cpu target (the NPU package then reuses its weights), or use gptq or awq without mixed: auto",
+        )
+
+
+def quantize_layers(
+    source: Any,
+    layout: StaticLayout,
+    activations: Any,
+    codes: Any,
+    scratch: Path,
+    package_dir: Path,
+    *,
+    weight_bits: int,
+    block_size: int,
+    track: Any,
+) -> None:
+    """The body graphs, a decoder layer at a time: export its fp32 graphs, run the calibration samples through
+    them, quantize (activations from those samples, weights in blocks or `codes(index, layer)`), then stitch."""
+    from phiexport.export.static_graphs import export_layer_graphs
+    from phiexport.export.stitch import stitch_layers
+    from phiexport.quantize.calibration import FeedReader
+    from phiexport.quantize.onnx_weights import match_float_weights
+    from phiexport.quantize.static_qdq import quantize_body
+    from phiexport.runtime.static_pipeline import exact_session
+
+    quantized: dict[str, list[Path]] = {"prefill": [], "decode": []}
+    for index in track(range(layout.layers), layout.layers, "decoder layers"):
+        layer = source.layer(index)
+        layer_codes = codes(index, layer)
+        fp32 = export_layer_graphs(layer, layout, scratch / "fp32")
+        source.release(layer)
+        activations.run_layer({kind: exact_session(path) for kind, path in fp32.items()})
+        for kind, path in fp32.items():
+            sources = match_float_weights(path, layer_codes) if layer_codes else {}
+            target = scratch / f"{kind}.{index}" / f"{kind}.onnx"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            quantize_body(
+                path,
+                FeedReader(activations.feeds(kind)),
+                target,
+                weight_bits=weight_bits,
+                block_size=block_size,
+                bits_by_weight={name: weight.grid.bits for name, weight in sources.items()},
+                calibrated=sources,
+            )
+            quantized[kind].append(target)
+        activations.advance()
+        shutil.rmtree(scratch / "fp32")
+    for kind, parts in quantized.items():
+        stitch_layers(parts, layout, package_dir / GRAPH_FILES[kind])
+    shutil.rmtree(scratch)
+
+
+def _layer_weights(
+    source: Any, sequences: list[list[int]], recipe: Recipe, prepared: CalibratedWeights | None
+) -> tuple[Any, dict[str, Any] | None]:
+    """`codes(index, layer)`: the GPTQ/AWQ codes of decoder layer `index` by HF module name (computed now, the
+    layer modified in place, or taken from the CPU target's), empty for plain rounding; and the manifest summary."""
+    from phiexport.quantize.calibrated import layer_by_layer
+
+    def prefixed(weights: dict[str, Any], index: int) -> dict[str, Any]:
+        prefix = f"model.layers.{index}."
+        return {name: weight for name, weight in weights.items() if name.startswith(prefix)}
+
+    if prepared is not None:
+        return (lambda index, _layer: prefixed(prepared.weights, index)), prepared.summary
+    if not recipe.quantization.calibrated:
+        return (lambda _index, _layer: {}), None
+    quantizer, summary = layer_by_layer(source.model, sequences, recipe.quantization)
+    return quantizer.quantize, summary
+
+
+def torch_ids(ids: list[int]) -> Any:
+    import torch
+
+    return torch.tensor(ids, dtype=torch.int64)
 
 
 def compile_for_soc(

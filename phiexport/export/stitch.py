@@ -1,0 +1,175 @@
+"""One body graph from per-layer body graphs, without loading their weights.
+
+Layer l's graph (a one-layer layout: hidden, cos, sin, mask, past_key.0/past_value.0 → hidden_out, new_key.0/
+new_value.0) has its internal names moved under `/layers.l/`, its cache inputs and outputs renumbered, and its
+`hidden_out` wired to layer l+1's `hidden`; cos, sin and mask stay shared. Weights are copied from each layer's data
+file into the body's, a tensor at a time.
+
+Quantized per layer, the graphs repeat what the whole graph had once: every layer quantizes the shared inputs with
+the same parameters, and a layer boundary becomes Q → DQ → Q → DQ with equal parameters. `merge_repeated_qdq` folds
+both back (a Q after a DQ of equal parameters gives back the DQ's input exactly), so the stitched graph carries the
+quantization a whole-graph pass would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from phiexport.export.static_graphs import StaticLayout, body_input_names, body_output_names
+
+SHARED_INPUTS = ("cos", "sin", "mask")
+
+
+def stitch_layers(layer_graphs: list[Path], layout: StaticLayout, output: Path) -> Path:
+    """Write the body graph of `layout` (its `layers` one-layer graphs in order) to `output`, data beside it."""
+    import onnx
+
+    data_name = f"{output.name}.data"
+    nodes: list[Any] = []
+    initializers: list[Any] = []
+    value_info: list[Any] = []
+    first: Any = None
+    with (output.parent / data_name).open("wb") as data:
+        for index, path in enumerate(layer_graphs):
+            model = onnx.load(str(path), load_external_data=False)
+            first = first or model
+            rename = _renamer(index, len(layer_graphs))
+            for node in model.graph.node:
+                node.name = rename(node.name)
+                node.input[:] = [rename(name) if name else name for name in node.input]
+                node.output[:] = [rename(name) for name in node.output]
+                nodes.append(node)
+            for tensor in model.graph.initializer:
+                tensor.name = rename(tensor.name)
+                if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                    _copy_external(tensor, path.parent, data, data_name)
+                initializers.append(tensor)
+            for info in model.graph.value_info:
+                info.name = rename(info.name)
+                value_info.append(info)
+    inputs = {info.name: info for info in first.graph.input}
+    outputs = {info.name: info for info in first.graph.output}
+    graph = onnx.helper.make_graph(
+        nodes,
+        "body",
+        [_renamed_info(inputs, name) for name in body_input_names(layout)],
+        [_renamed_info(outputs, name) for name in body_output_names(layout)],
+        initializers,
+        value_info=value_info,
+    )
+    merge_repeated_qdq(graph)
+    model = onnx.helper.make_model(graph, opset_imports=first.opset_import, ir_version=first.ir_version)
+    onnx.save(model, str(output))
+    return output
+
+
+def merge_repeated_qdq(graph: Any) -> int:
+    """Fold repeated quantization in `graph` (in place): Q(DQ(x)) with equal parameters becomes x, and Q or DQ
+    nodes reading the same tensor with equal parameters become one. Returns how many nodes were removed."""
+    removed = 0
+    while True:
+        values = {tensor.name: _value_key(tensor) for tensor in graph.initializer}
+        producer = {name: node for node in graph.node for name in node.output}
+        protected = {info.name for info in graph.output}
+        replace: dict[str, str] = {}
+        seen: dict[tuple[Any, ...], str] = {}
+        for node in graph.node:
+            if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or node.output[0] in protected:
+                continue
+            params = (tuple(values.get(name) for name in node.input[1:]), _attributes(node))
+            source = producer.get(node.input[0])
+            if (
+                node.op_type == "QuantizeLinear"
+                and source is not None
+                and source.op_type == "DequantizeLinear"
+                and (tuple(values.get(name) for name in source.input[1:]), _attributes(source)) == params
+            ):
+                replace[node.output[0]] = source.input[0]
+                continue
+            key = (node.op_type, node.input[0], params)
+            if key in seen:
+                replace[node.output[0]] = seen[key]
+            else:
+                seen[key] = node.output[0]
+        if not replace:
+            return removed
+        kept = [node for node in graph.node if node.output[0] not in replace]
+        removed += len(graph.node) - len(kept)
+        for node in kept:
+            node.input[:] = [_resolve(replace, name) for name in node.input]
+        del graph.node[:]
+        graph.node.extend(kept)
+        used = {name for node in graph.node for name in node.input}
+        unused = [tensor for tensor in graph.initializer if tensor.name not in used]
+        for tensor in unused:
+            graph.initializer.remove(tensor)
+
+
+def _renamer(index: int, layers: int) -> Callable[[str], str]:
+    """Names of layer `index`'s graph in the stitched body."""
+
+    def link(layer: int) -> str:  # the residual stream entering decoder layer `layer`
+        return "hidden" if layer == 0 else "hidden_out" if layer == layers else f"hidden.{layer}"
+
+    fixed = {
+        "hidden": link(index),
+        "hidden_out": link(index + 1),
+        **{name: name for name in SHARED_INPUTS},
+        **{f"{kind}.0": f"{kind}.{index}" for kind in ("past_key", "past_value", "new_key", "new_value")},
+    }
+
+    def rename(name: str) -> str:
+        if name in fixed:
+            return fixed[name]
+        for prefix in ("/layers.0/", "layers.0."):  # names the exporter gave the layer's own modules
+            if name.startswith(prefix):
+                return prefix.replace("0", str(index)) + name[len(prefix) :]
+        return f"/layers.{index}/{name.lstrip('/')}"
+
+    return rename
+
+
+def _renamed_info(infos: dict[str, Any], name: str) -> Any:
+    """Layer 0's declaration of a body input or output, under its stitched name."""
+    import copy
+
+    generic = name if name in infos else f"{name.rsplit('.', 1)[0]}.0"
+    info = copy.deepcopy(infos[generic])
+    info.name = name
+    return info
+
+
+def _copy_external(tensor: Any, base: Path, data: Any, data_name: str) -> None:
+    """Append the tensor's bytes to `data` and point the tensor there."""
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    with (base / entries["location"]).open("rb") as source:
+        source.seek(int(entries.get("offset", 0)))
+        payload = source.read(int(entries["length"]))
+    offset = data.tell()
+    data.write(payload)
+    del tensor.external_data[:]
+    for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(payload)))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def _value_key(tensor: Any) -> Any:
+    """What identifies an initializer's value: its bytes when inline, its name when stored outside."""
+    from onnx import TensorProto, numpy_helper
+
+    if tensor.data_location == TensorProto.EXTERNAL:
+        return ("external", tensor.name)
+    array = numpy_helper.to_array(tensor)
+    return (tensor.data_type, tuple(array.shape), array.tobytes())
+
+
+def _attributes(node: Any) -> tuple[Any, ...]:
+    return tuple(sorted((attribute.name, attribute.SerializeToString()) for attribute in node.attribute))
+
+
+def _resolve(replace: dict[str, str], name: str) -> str:
+    while name in replace:
+        name = replace[name]
+    return name
