@@ -22,7 +22,7 @@ from phiexport.errors import BuildError, GateFailed
 from phiexport.evaluate.gates import check_gates, gates_report, split_gates
 from phiexport.evaluate.verify import verify_packages
 from phiexport.export.capture import output_to_log
-from phiexport.export.genai_builder import export_with_builder, stage_checkpoint
+from phiexport.export.genai_builder import export_with_builder, set_session_options, stage_checkpoint
 from phiexport.interrupts import deferred
 from phiexport.package.card import write_model_card
 from phiexport.package.chat import apply_chat_format
@@ -143,6 +143,7 @@ def _build_into(
                         cache_dir=Path(scratch) / "builder-cache",
                         log_path=log_path,
                     )
+                    set_session_options(package_dir, dict(target.session_options))
                     if calibrated is not None:
                         write_matmul_nbits(package_dir / "model.onnx", calibrated.weights)
                     weights[name] = check_weight_nodes(_graph_nodes(package_dir / "model.onnx"), quant)

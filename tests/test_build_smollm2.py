@@ -58,6 +58,14 @@ def test_package_is_complete_and_every_file_is_in_the_manifest(smollm2_build, sm
     assert manifest["dependencies"]["onnxruntime"] == onnxruntime.__version__
 
 
+def test_cpu_package_runs_on_onnxruntimes_thread_default(smollm2_build):
+    """onnxruntime-genai's own thread count decodes 1.36x slower (BENCHMARKS.md, decode table)."""
+    package, _ = smollm2_build
+    decoder = json.loads((package / "genai_config.json").read_text())["model"]["decoder"]
+    assert decoder["session_options"]["intra_op_num_threads"] == 0
+    assert decoder["session_options"]["log_id"] == "onnxruntime-genai"  # the builder's own options are kept
+
+
 def test_report_measures_the_package_against_the_reference(smollm2_build):
     package, summary = smollm2_build
     report = json.loads((package / "report.json").read_text())

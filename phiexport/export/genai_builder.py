@@ -65,3 +65,13 @@ def export_with_builder(
             f"the onnxruntime-genai builder failed: {type(exc).__name__}: {first_line}",
             f"read the build log {log_path}",
         ) from exc
+
+
+def set_session_options(package_dir: Path, options: dict[str, int | str]) -> None:
+    """Add `options` to the decoder's session options in the package's genai_config.json."""
+    if not options:
+        return
+    path = package_dir / "genai_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["model"]["decoder"].setdefault("session_options", {}).update(options)
+    path.write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")

@@ -19,6 +19,7 @@ class Target:
     description: str
     op_contract: str | None = None  # name of the operator list every graph must stay within (targets.op_contract)
     builder_options: tuple[tuple[str, str], ...] = ()  # genai builder options this device needs
+    session_options: tuple[tuple[str, int | str], ...] = ()  # written into genai_config.json's decoder session
 
 
 TARGETS: dict[str, Target] = {}
