@@ -86,3 +86,30 @@ def test_block_weights_are_the_bytes_of_onnxruntimes_blocked_quantizer(tmp_path,
     for name in mine:
         assert mine[name].data_type == theirs[name].data_type, name
         assert np.array_equal(numpy_helper.to_array(mine[name]), numpy_helper.to_array(theirs[name])), name
+
+
+@pytest.mark.parametrize(
+    ("targets", "rotate", "refused"),
+    [(["npu"], True, True), (["cpu", "npu"], False, True), (["cpu", "npu"], True, False), (["cpu"], True, False)],
+)
+def test_a_measured_mix_reaches_the_npu_only_through_the_cpu_targets_weights(targets, rotate, refused):
+    """`mixed: auto` scores the whole model; the NPU build holds one layer, so it must reuse the CPU target's
+    weights (which needs the same rotation: the NPU rotates by default) or be refused before anything is built."""
+    from phiexport.recipe import parse_recipe
+    from phiexport.targets.npu import check_npu_weights
+
+    recipe = parse_recipe(
+        {
+            "version": 1,
+            "name": "m",
+            "source": {"model": "any"},
+            "targets": targets,
+            "quantization": {"method": "gptq", "mixed": "auto", "rotate": rotate},
+        },
+        origin="test",
+    )
+    if refused:
+        with pytest.raises(UsageError, match="mixed: auto"):
+            check_npu_weights(recipe)
+    else:
+        check_npu_weights(recipe)
