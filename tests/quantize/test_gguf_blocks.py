@@ -4,13 +4,12 @@ dequantization: onnxruntime runs the weight against the identity, on random bloc
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
-from onnx import TensorProto, helper, numpy_helper
 
-from phiexport.quantize.gguf_blocks import LOSSLESS, NBitsWeight, gguf_to_nbits, type_size
+from phiexport.quantize.gguf_blocks import LOSSLESS, gguf_to_nbits, type_size
+from tests.matmul_nbits import matmul_nbits
 
 ROWS, COLS = 6, 512  # two K-quant super-blocks per row
 
@@ -34,38 +33,16 @@ def random_blocks(qtype: GGMLQuantizationType, rng: np.random.Generator) -> np.n
     return blocks.reshape(-1)
 
 
-def onnxruntime_weight(weight: NBitsWeight) -> np.ndarray:
-    """`[ROWS, COLS]` as MatMulNBits computes it: the identity times the weight."""
-    inputs = ["x", "b", "scales"] + (["zero_points"] if weight.zero_points is not None else [])
-    initializers = [numpy_helper.from_array(weight.packed, "b"), numpy_helper.from_array(weight.scales, "scales")]
-    if weight.zero_points is not None:
-        initializers.append(numpy_helper.from_array(weight.zero_points, "zero_points"))
-    node = helper.make_node(
-        "MatMulNBits", inputs, ["y"], domain="com.microsoft", K=COLS, N=ROWS, bits=weight.bits,
-        block_size=weight.block_size,
-    )  # fmt: skip
-    graph = helper.make_graph(
-        [node],
-        "weight",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [COLS, COLS])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [COLS, ROWS])],
-        initializers,
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
-    )
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    (y,) = session.run(None, {"x": np.eye(COLS, dtype=np.float32)})
-    return y.T
-
-
 @pytest.mark.parametrize("qtype", sorted(LOSSLESS, key=lambda q: q.name), ids=lambda q: q.name)
 def test_matmul_nbits_computes_ggufs_dequantization(qtype):
     data = random_blocks(qtype, np.random.default_rng(int(qtype)))
     expected = dequantize(data, qtype).reshape(ROWS, COLS)
     weight = gguf_to_nbits(data, qtype, ROWS, COLS)
     assert (weight.bits, weight.block_size) == LOSSLESS[qtype]
-    found = onnxruntime_weight(weight)
+    identity = np.eye(COLS, dtype=np.float32)
+    found = matmul_nbits(
+        identity, weight.packed, weight.scales, weight.zero_points, bits=weight.bits, block=weight.block_size
+    ).T
     scale = np.abs(expected).max()
     # codes and scales are the file's; only a float zero point (−offset / scale) rounds, relative to the weights
     assert np.abs(weight.dequantize() - expected).max() <= 1e-6 * scale, qtype.name

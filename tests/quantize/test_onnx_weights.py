@@ -6,33 +6,7 @@ import torch
 
 from phiexport.quantize.grid import BlockGrid, quantize_rtn
 from phiexport.quantize.onnx_weights import builder_weight, pack_matmul_nbits
-
-
-def matmul_nbits(inputs: np.ndarray, packed, scales, zero_points, *, bits: int, block: int, symmetric: bool):
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    rows, width = scales.shape[0], inputs.shape[1]
-    initializers = [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales, "scales")]
-    names = ["A", "B", "scales"]
-    if not symmetric:
-        initializers.append(numpy_helper.from_array(zero_points, "zero_points"))
-        names.append("zero_points")
-    node = helper.make_node(
-        "MatMulNBits", names, ["Y"], domain="com.microsoft", K=width, N=rows, bits=bits, block_size=block
-    )
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [None, width])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, rows])],
-        initializers,
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
-    )
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"A": inputs})[0]
+from tests.matmul_nbits import matmul_nbits
 
 
 @pytest.mark.parametrize(
@@ -43,7 +17,8 @@ def test_packed_weights_compute_what_the_grid_dequantizes_to(bits, block, symmet
     weight = torch.randn(48, 160)  # K = 160: at block 128 the last block is short, like SmolLM2's 576
     quantized = quantize_rtn(weight, BlockGrid(bits=bits, block_size=block, symmetric=symmetric))
     inputs = np.random.default_rng(0).standard_normal((5, 160)).astype(np.float32)
-    output = matmul_nbits(inputs, *pack_matmul_nbits(quantized), bits=bits, block=block, symmetric=symmetric)
+    packed, scales, zero_points = pack_matmul_nbits(quantized)
+    output = matmul_nbits(inputs, packed, scales, None if symmetric else zero_points, bits=bits, block=block)
     expected = inputs @ quantized.dequantize().numpy().T
     np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-4)
 
