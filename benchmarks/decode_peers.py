@@ -22,10 +22,10 @@ once other processes leave the cores idle and is redone when they did not meanwh
 The packages are built with `--quant rtn` and loose gates rather than the recipe's GPTQ: GPTQ writes the same
 MatMulNBits layout (symmetric int4, block 32, accuracy level 4) with other integers, so it decodes at the same speed,
 and its calibration would add 90 s per build. Rows that set `--accuracy-level` or `--block-size` are builds of their
-own; the other rows are copies of the default package whose genai_config.json adds session options. phiexport writes
-none, so "as built" runs on onnxruntime-genai's default, intra-op threads = hardware threads ÷ 2 (it assumes SMT):
-1 thread on a 2-core machine without SMT, like this one. An explicit 0 hands the choice to onnxruntime, whose
-default is one thread per physical core.
+own; the other rows are copies of the default package whose genai_config.json changes session options. phiexport
+writes `intra_op_num_threads: 0`, which hands the choice to onnxruntime (one thread per physical core); without it
+onnxruntime-genai picks hardware threads ÷ 2 (it assumes SMT): 1 thread on a 2-core machine without SMT, like this
+one (the row that removes the key).
 
 Bandwidth limit: numpy reduces a 1 GiB float64 array (np.max: vectorized, so it runs at memory speed, where np.sum
 here did not) each round, on 1 thread and on 2 threads (each thread its half). A package's limit is the 2-thread
@@ -74,7 +74,8 @@ COMMON_BUILD += ["--max-kl", "2", "--min-top1", "0", "--max-ppl-ratio", "3"]
 
 @dataclass(frozen=True)
 class Variant:
-    """One phiexport row: the extra build flags of its package and the session options its genai_config.json adds."""
+    """One phiexport row: the extra build flags of its package and the session options its genai_config.json sets
+    (None removes one)."""
 
     name: str
     build: tuple[str, ...] = ()
@@ -83,8 +84,8 @@ class Variant:
 
 TWO_THREADS = {"intra_op_num_threads": THREADS}
 VARIANTS = (
-    Variant("as built (genai's default threads)"),
-    Variant("intra_op_num_threads 0 (onnxruntime's default)", session={"intra_op_num_threads": 0}),
+    Variant("as built (intra_op_num_threads 0: onnxruntime's default)"),
+    Variant("onnxruntime-genai's default threads (key removed)", session={"intra_op_num_threads": None}),
     Variant("intra_op_num_threads 2", session=TWO_THREADS),
     Variant("+ allow_spinning 0", session={**TWO_THREADS, "session.intra_op.allow_spinning": "0"}),
     Variant("+ inter_op_num_threads 1", session={**TWO_THREADS, "inter_op_num_threads": 1}),
@@ -125,12 +126,12 @@ def smollm2_gguf() -> Path:
     return next(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
 
 
-def build_packages(folder: Path) -> dict[tuple[str, ...], Path]:
+def build_packages(folder: Path, variants: tuple[Variant, ...]) -> dict[tuple[str, ...], Path]:
     """One `phiexport build` per distinct set of build flags, into folder; a package already there is reused."""
     from phiexport.pipeline import cache_root
 
     packages = {}
-    for flags in dict.fromkeys(variant.build for variant in VARIANTS):
+    for flags in dict.fromkeys(variant.build for variant in variants):
         output = folder / ("_".join(flag.strip("-") for flag in flags) or "default")
         if not (output / "cpu" / "genai_config.json").is_file():
             run_build([*COMMON_BUILD, *flags, "-o", str(output), "--force"], cache_root())
@@ -139,11 +140,16 @@ def build_packages(folder: Path) -> dict[tuple[str, ...], Path]:
 
 
 def session_copy(package: Path, session: dict[str, Any], destination: Path) -> Path:
-    """A copy of package whose genai_config.json adds session options, as phiexport would write them."""
+    """A copy of package whose genai_config.json sets (or, for None, removes) session options."""
     shutil.copytree(package, destination)
     config_path = destination / "genai_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["model"]["decoder"]["session_options"].update(session)
+    options = config["model"]["decoder"]["session_options"]
+    for key, value in session.items():
+        if value is None:
+            options.pop(key, None)
+        else:
+            options[key] = value
     config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
     return destination
 
@@ -476,10 +482,11 @@ def run(args: argparse.Namespace, scratch: Path) -> None:
     import onnxruntime_genai as og
 
     gguf = smollm2_gguf()
-    packages = build_packages(args.packages or scratch / "packages")
+    variants = VARIANTS[: args.rows]
+    packages = build_packages(args.packages or scratch / "packages", variants)
     paths = {
         variant.name: session_copy(packages[variant.build], variant.session, scratch / f"variant{index}")
-        for index, variant in enumerate(VARIANTS)
+        for index, variant in enumerate(variants)
     }
     models = {name: og.Model(str(path)) for name, path in paths.items()}
     prompts = prompt_ids(models[VARIANTS[0].name])
@@ -499,6 +506,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds; every cell is a median over them")
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens each run generates")
     parser.add_argument("--packages", type=Path, help="build the packages into this folder and reuse them later")
+    parser.add_argument("--rows", type=int, help="measure only the first N phiexport rows (default: all)")
     parser.add_argument(
         "--max-foreign-cpu", type=float, default=0.15, help="redo a timing while other processes used more cores"
     )
