@@ -280,7 +280,7 @@ def test_existing_output_is_not_overwritten(tmp_path):
 INTERRUPT_POINTS = {
     "load libraries": ([], None),
     "prepare weights": (["--quant", "gptq", "--calibration-sequences", "64"], "✓ source"),
-    "npu quantize": (["--target", "npu", "--context-length", "128"], "✓ npu calibrate"),
+    "npu layers": (["--target", "npu", "--context-length", "128"], "✓ npu vocabulary"),
     "verify": (["--precision", "fp32", "--eval-sequences", "200"], "✓ export"),
 }
 
