@@ -192,6 +192,10 @@ def quantize_layers(
         activations.run_layer({kind: exact_session(path) for kind, path in fp32.items()})
         for kind, path in fp32.items():
             sources = match_float_weights(path, layer_codes) if layer_codes else {}
+            if len(sources) != len(layer_codes):
+                raise BuildError(
+                    f"not every calibrated weight of layer {index} reached its {kind} graph", "report a bug"
+                )
             target = scratch / f"{kind}.{index}" / f"{kind}.onnx"
             target.parent.mkdir(parents=True, exist_ok=True)
             quantize_body(

@@ -115,3 +115,22 @@ def test_same_recipe_builds_the_same_cpu_weights(packages: Path, mini_phi4: Path
     again = build(recipe(mini_phi4, tmp_path, ["cpu"]), tmp_path / "again")
     first = (packages / "cpu" / "model.onnx.data").read_bytes()
     assert (again / "cpu" / "model.onnx.data").read_bytes() == first
+
+
+def test_npu_alone_runs_gptq_a_layer_at_a_time_to_the_cpu_packages_integers(mini_phi4: Path, tmp_path: Path) -> None:
+    """Without a CPU target to reuse, the NPU build runs GPTQ itself as it walks the layers: the same integers as
+    the CPU build's preparation (which tests/quantize/test_prepare.py ties to the whole model's GPTQ)."""
+    outputs = {}
+    for target in ("cpu", "npu"):
+        directory = tmp_path / target
+        directory.mkdir()
+        path = recipe(mini_phi4, directory, [target])
+        data = yaml.safe_load(path.read_text())
+        data["quantization"]["mixed"] = "off"
+        path.write_text(yaml.safe_dump(data))
+        outputs[target] = build(path, directory / "out")
+    manifest = json.loads((outputs["npu"] / "npu" / "manifest.json").read_text())
+    assert manifest["weights"]["calibrated"]["method"] == "gptq"
+    npu = npu_codes(outputs["npu"] / "npu" / "body_decode.onnx")
+    for name, codes in signed_cpu_codes(outputs["cpu"] / "cpu" / "model.onnx").items():
+        assert covered_by(codes, npu), name
