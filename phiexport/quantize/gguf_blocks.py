@@ -31,6 +31,11 @@ class NBitsWeight:
     scales: np.ndarray  # float32 [rows, blocks]
     zero_points: np.ndarray | None  # float32 [rows, blocks], uint8 [rows, blocks] at 8 bits, or None (the midpoint)
 
+    def rows(self, order: np.ndarray) -> NBitsWeight:
+        """The same weight with its rows (outputs) taken in `order`."""
+        zero_points = None if self.zero_points is None else self.zero_points[order]
+        return NBitsWeight(self.bits, self.block_size, self.packed[order], self.scales[order], zero_points)
+
     def dequantize(self) -> np.ndarray:
         """float32 `[rows, cols]`, as MatMulNBits computes it."""
         rows, blocks, _ = self.packed.shape

@@ -10,9 +10,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from phiexport.architectures import Architecture, architecture_for_gguf
 from phiexport.errors import SourceError
+
+if TYPE_CHECKING:
+    from phiexport.quantize.gguf_blocks import NBitsWeight
 
 _COMPLETE = ".complete"
 
@@ -66,3 +70,50 @@ def _dequantize(path: Path, output: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
+
+
+def quantized_linears(path: Path) -> tuple[dict[str, NBitsWeight], dict[str, str]]:
+    """The GGUF's quantized 2-D tensors that map onto MatMulNBits exactly, by Hugging Face parameter name, rows in
+    the order transformers gives them (llama.cpp stores Llama's q/k rows permuted for its rotary layout; transformers
+    undoes that, and so is done here to the codes, scales and zero points).
+
+    Also returns the format of every quantized 2-D tensor by HF name, these and the ones without an exact mapping.
+    """
+    import numpy as np
+    import torch
+    from gguf import GGMLQuantizationType, GGUFReader
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        TensorProcessor,
+        get_gguf_hf_weights_map,
+        load_gguf_checkpoint,
+    )
+
+    from phiexport.quantize.gguf_blocks import LOSSLESS, gguf_to_nbits
+
+    reader = GGUFReader(path)
+    architecture = reader.fields["general.architecture"].contents()
+    processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=load_gguf_checkpoint(path)["config"])
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path.parent, gguf_file=path.name))
+    names = get_gguf_hf_weights_map(skeleton, processor)
+    weights: dict[str, NBitsWeight] = {}
+    formats: dict[str, str] = {}
+    for tensor in reader.tensors:
+        qtype = GGMLQuantizationType(tensor.tensor_type)
+        if len(tensor.shape) != 2 or qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            continue
+        hf_name = names.get(tensor.name)
+        if hf_name is None:
+            continue
+        formats[hf_name] = qtype.name
+        if qtype not in LOSSLESS:
+            continue
+        cols, rows = (int(size) for size in tensor.shape)  # GGUF lists the fastest-varying dimension first
+        order = np.asarray(processor.process(np.arange(rows), tensor.name).weights)
+        if not np.array_equal(np.sort(order), np.arange(rows)):
+            continue  # transformers changes these values, not only their order: no exact mapping
+        weight = gguf_to_nbits(np.asarray(tensor.data), qtype, rows, cols)
+        weights[hf_name] = weight.rows(order)
+    return weights, formats
