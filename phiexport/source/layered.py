@@ -29,7 +29,6 @@ class LayeredModel:
         from phiexport.quantize.hadamard import random_orthogonal_hadamard
         from phiexport.source.torch_model import quiet_transformers
 
-        self._torch = torch
         self.weights = MappedWeights(directory)
         config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
         with quiet_transformers(), torch.device("meta"):
@@ -50,10 +49,6 @@ class LayeredModel:
         if self.rotation is not None:  # the final norm's scale moves into the lm_head rows
             with torch.no_grad():
                 self.norm.weight.fill_(1.0)
-
-    @property
-    def config(self) -> Any:
-        return self.model.config
 
     @property
     def num_layers(self) -> int:
