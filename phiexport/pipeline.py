@@ -30,13 +30,14 @@ from phiexport.package.manifest import write_manifest
 from phiexport.package.publish import full_disk_named, rejected_path, staged_output
 from phiexport.package.signing import key_id, sign_package
 from phiexport.progress import StageProgress
+from phiexport.quantize.imported import SourceIntegers, describe_import, import_weights, source_integers
 from phiexport.quantize.onnx_weights import write_matmul_nbits
 from phiexport.quantize.prepare import prepare_checkpoint
 from phiexport.quantize.static_qdq import check_htp_blocks
 from phiexport.quantize.weight_only import builder_options, check_block_layout, check_weight_nodes
 from phiexport.recipe import Recipe
 from phiexport.source import resolve_source
-from phiexport.targets import TARGETS
+from phiexport.targets import TARGETS, Target
 from phiexport.targets.npu import build_npu_package, check_npu_weights
 from phiexport.targets.op_contract import load_contract
 
@@ -114,8 +115,14 @@ def _build_into(
         if any(TARGETS[name].static_shapes for name in recipe.targets):
             check_htp_blocks(checkpoint.config, quant.block_size)
             check_npu_weights(recipe)
+        integers = None
+        if checkpoint.gguf_file is not None and any(TARGETS[name].imports_integers for name in recipe.targets):
+            with progress.stage("import", f"{checkpoint.gguf_file.name}'s integers"):
+                integers = source_integers(checkpoint, quant)
         exported, calibrated, prepared = checkpoint, None, None
-        if (quant.rotate or quant.calibrated) and any(not TARGETS[name].static_shapes for name in recipe.targets):
+        if (quant.rotate or quant.calibrated) and any(
+            not TARGETS[name].static_shapes and not _imports_all(TARGETS[name], integers) for name in recipe.targets
+        ):
             with progress.stage("prepare weights", _preparation(recipe)):
                 exported, calibrated = prepare_checkpoint(checkpoint, Path(scratch) / "prepared", recipe)
                 prepared = (exported, calibrated)
@@ -147,6 +154,15 @@ def _build_into(
                     if calibrated is not None:
                         write_matmul_nbits(package_dir / "model.onnx", calibrated.weights)
                     weights[name] = check_weight_nodes(_graph_nodes(package_dir / "model.onnx"), quant)
+                    if integers is not None and target.imports_integers:
+                        level = quant.compute_level(imported=True)
+                        imported = import_weights(package_dir / "model.onnx", integers.weights, accuracy_level=level)
+                        report = integers.report(imported, level)
+                        weights[name] = {
+                            "imported": report,
+                            "requantized_with": weights[name] if report["requantized"] else None,
+                            "body": describe_import(report),
+                        }
                     if target.op_contract:
                         operators[name] = load_contract(target.op_contract).check(package_dir / "model.onnx")
                     if calibrated is not None:
@@ -209,6 +225,11 @@ def _build_into(
         timings=dict(progress.timings),
         signed_by=key_id(signing_key.public_key()) if signing_key is not None else None,
     )
+
+
+def _imports_all(target: Target, integers: SourceIntegers | None) -> bool:
+    """True when `target` takes every weight from the source's integers, so needs no prepared weights."""
+    return integers is not None and target.imports_integers and integers.complete
 
 
 def _preparation(recipe: Recipe) -> str:

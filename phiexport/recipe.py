@@ -58,7 +58,16 @@ class QuantizationConfig(_Strict):
         "off", description="auto: keep the linears whose rounding costs the most KL at int8, within mixed_bits"
     )
     mixed_bits: float = Field(4.5, ge=4.0, le=8.0, description="Budget of `mixed: auto`: mean bits per weight")
-    accuracy_level: int = Field(4, ge=0, le=4, description="MatMulNBits compute type: 0 default, 1 fp32 … 4 int8")
+    accuracy_level: int | None = Field(
+        None,
+        ge=0,
+        le=4,
+        description="MatMulNBits compute type: 0 default, 1 fp32 … 4 int8 activations. Unset: 4, and 1 for integers "
+        "imported from a GGUF source, which then compute exactly what the source does",
+    )
+    requantize: bool = Field(
+        False, description="GGUF source: quantize its dequantized weights again instead of importing its integers"
+    )
     rotate: bool = Field(False, description="Fold a randomized Hadamard rotation of the residual stream in first")
     rotation_seed: int = Field(0, ge=0, description="Seed of the rotation's random signs")
 
@@ -84,6 +93,12 @@ class QuantizationConfig(_Strict):
         """True when integer weights are computed on calibration text (gptq, awq, or a measured int4/int8 mix);
         float precisions keep their weights whatever the method."""
         return self.is_integer and (self.method in CALIBRATED_METHODS or self.mixed == "auto")
+
+    def compute_level(self, *, imported: bool = False) -> int:
+        """The MatMulNBits accuracy level of re-quantized (or, with `imported`, imported) weights."""
+        if self.accuracy_level is not None:
+            return self.accuracy_level
+        return 1 if imported else 4
 
     @property
     def is_integer(self) -> bool:

@@ -11,13 +11,20 @@ def scramble_scales(model_path: Path, seed: int = 0) -> int:
 
     model = onnx.load(model_path)
     initializers = {init.name: init for init in model.graph.initializer}
+    producers = {output: node for node in model.graph.node for output in node.output}
     rng = np.random.default_rng(seed)
-    scrambled = 0
+    scrambled, done = 0, set()
     for node in model.graph.node:
         if node.op_type == "MatMulNBits":
-            scales = initializers[node.input[2]]
-            values = numpy_helper.to_array(scales)
-            scales.CopyFrom(numpy_helper.from_array(rng.permutation(values.ravel()).reshape(values.shape), scales.name))
+            name = node.input[2]
+            while name not in initializers:  # imported weights widen fp16 scales with a Cast (and Mul, Concat)
+                name = producers[name].input[0]
+            if name not in done:
+                scales = initializers[name]
+                values = numpy_helper.to_array(scales)
+                permuted = rng.permutation(values.ravel()).reshape(values.shape)
+                scales.CopyFrom(numpy_helper.from_array(permuted, scales.name))
+                done.add(name)
             scrambled += 1
     data = model_path.with_name(f"{model_path.name}.data")
     data.unlink()

@@ -50,7 +50,14 @@ def build(
     symmetric: Annotated[
         bool | None, typer.Option("--symmetric/--asymmetric", help="Weights without or with zero points.")
     ] = None,
-    accuracy_level: Annotated[int | None, typer.Option(help="MatMulNBits compute: 0-4 (4 = int8).")] = None,
+    accuracy_level: Annotated[
+        int | None,
+        typer.Option(help="MatMulNBits compute: 0-4 (4 = int8 activations) [4; 1 for integers imported from a GGUF]."),
+    ] = None,
+    requantize: Annotated[
+        bool,
+        typer.Option("--requantize", help="GGUF source: quantize its weights again rather than import its integers."),
+    ] = False,
     rotate: Annotated[
         bool, typer.Option("--rotate", help="Fold a randomized Hadamard rotation into the weights first.")
     ] = False,
@@ -111,6 +118,7 @@ def build(
                 "--symmetric/--asymmetric": ("quantization.symmetric", symmetric),
                 "--accuracy-level": ("quantization.accuracy_level", accuracy_level),
                 "--rotate": ("quantization.rotate", rotate or None),
+                "--requantize": ("quantization.requantize", requantize or None),
                 "--mixed": ("quantization.mixed", mixed),
                 "--mixed-bits": ("quantization.mixed_bits", mixed_bits),
                 "--calibration-sequences": ("calibration.sequences", calibration_sequences),

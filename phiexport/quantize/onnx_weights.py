@@ -12,6 +12,7 @@ rounding reproduces closely, never exactly) and then their integers are replaced
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,28 +39,36 @@ _NODE = re.compile(r"^/model/layers\.(\d+)/(attn/\w+|mlp/\w+)/MatMul")
 MATCH_TOLERANCE = 0.25  # ‖ours − builder's‖ / ‖builder's‖ when both round the same dequantized weight
 
 
-def builder_weight(node_name: str, rows: int, weights: dict[str, QuantizedWeight]) -> QuantizedWeight | None:
-    """The codes for the builder's MatMulNBits node `node_name` (`rows` outputs), stacked from or cut out of HF
-    linears; None if not quantized."""
+def builder_sources(node_name: str, rows: int, row_counts: Mapping[str, int]) -> list[tuple[str, slice]] | None:
+    """The HF linears (module names, and which of their rows) the builder's node `node_name` of `rows` outputs
+    stacks, among those `row_counts` names with their row counts; None for a node that is not a decoder linear."""
     match = _NODE.match(node_name)
     if not match or match.group(2) not in _BUILDER_SOURCES:
         return None
     prefix = f"model.layers.{match.group(1)}."
     for alternative in _BUILDER_SOURCES[match.group(2)]:
-        parts = []
+        sources = []
         for source in alternative:
             name, part = (source, None) if isinstance(source, str) else source
-            if prefix + name not in weights:
+            name = prefix + name
+            if name not in row_counts:
                 break
-            weight = weights[prefix + name]
-            if part is not None:
-                total = weight.codes.shape[0]
-                start = {"head": 0, "middle": total - 2 * rows, "tail": total - rows}[part]
-                weight = weight.rows(start, start + rows)
-            parts.append(weight)
+            total = row_counts[name]
+            start = {None: 0, "head": 0, "middle": total - 2 * rows, "tail": total - rows}[part]
+            sources.append((name, slice(start, total if part is None else start + rows)))
         else:
-            return _stack(parts)
+            return sources
     return None
+
+
+def builder_weight(node_name: str, rows: int, weights: dict[str, QuantizedWeight]) -> QuantizedWeight | None:
+    """The codes for the builder's MatMulNBits node `node_name` (`rows` outputs), stacked from or cut out of HF
+    linears; None if not quantized."""
+    counts = {name: weight.codes.shape[0] for name, weight in weights.items()}
+    sources = builder_sources(node_name, rows, counts)
+    if sources is None:
+        return None
+    return _stack([weights[name].rows(part.start, part.stop) for name, part in sources])
 
 
 def write_matmul_nbits(model_path: Path, weights: dict[str, QuantizedWeight]) -> dict[str, int]:
@@ -106,7 +115,7 @@ def write_matmul_nbits(model_path: Path, weights: dict[str, QuantizedWeight]) ->
         attrs["bits"].i = grid.bits
         attrs["block_size"].i = grid.block_size
         counts[f"int{grid.bits}"] = counts.get(f"int{grid.bits}", 0) + 1
-    _save(model, model_path)
+    save_with_external_data(model, model_path)
     return counts
 
 
@@ -202,7 +211,8 @@ def _stack(parts: list[QuantizedWeight]) -> QuantizedWeight:
     )
 
 
-def _save(model: Any, path: Path) -> None:
+def save_with_external_data(model: Any, path: Path) -> None:
+    """Save `model` at `path` with its tensors in the one data file beside it, replacing both."""
     import onnx
 
     data = path.with_name(f"{path.name}.data") if path.with_name(f"{path.name}.data").exists() else None

@@ -24,7 +24,7 @@ def builder_options(quant: QuantizationConfig) -> dict[str, str]:
     options = {
         "block_size": str(quant.block_size),
         "is_symmetric": str(not quant.zero_points).lower(),
-        "accuracy_level": str(quant.accuracy_level),
+        "accuracy_level": str(quant.compute_level()),
     }
     # Symmetric RTN goes through the builder's default (MLAS block-wise) quantizer: on SmolLM2 int4 block 32 it
     # measured KL 0.56 against 0.64 for algo_config=rtn. Zero points need algo_config=rtn or k_quant: the default
@@ -64,7 +64,7 @@ def check_weight_nodes(graph_nodes: list[Any], quant: QuantizationConfig) -> dic
         return {"precision": quant.precision, "matmul_nbits": 0}
     if not matmuls:
         raise BuildError("the builder wrote no MatMulNBits node for an integer precision", "report a bug")
-    expected = (_BITS[quant.precision], quant.block_size, quant.accuracy_level, quant.zero_points)
+    expected = (_BITS[quant.precision], quant.block_size, quant.compute_level(), quant.zero_points)
     allowed = {expected, (8, *expected[1:])} if quant.mixed == "auto" else {expected}
     found: Counter[tuple[int, int, int, bool]] = Counter()
     for node in matmuls:
@@ -85,7 +85,7 @@ def check_weight_nodes(graph_nodes: list[Any], quant: QuantizationConfig) -> dic
         "bits": expected[0],
         "nodes_by_bits": {f"int{bits}": sum(n for key, n in found.items() if key[0] == bits) for bits in (4, 8)},
         "block_size": quant.block_size,
-        "accuracy_level": quant.accuracy_level,
+        "accuracy_level": quant.compute_level(),
         "zero_points": quant.zero_points,
         "gather_block_quantized": sum(node.op_type == "GatherBlockQuantized" for node in graph_nodes),
     }

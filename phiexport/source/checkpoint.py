@@ -16,7 +16,7 @@ class Checkpoint:
     """A checked Hugging Face directory (config.json, weights, tokenizer) ready for export and for the reference.
 
     `files` digests what the user supplied (the GGUF file, the Hub snapshot or the local directory), so the
-    manifest can name the exact input even when `path` is a dequantized copy.
+    manifest can name the exact input even when `path` is a dequantized copy (of `gguf_file`).
     """
 
     path: Path
@@ -26,3 +26,4 @@ class Checkpoint:
     config: dict[str, Any]
     architecture: Architecture
     files: dict[str, dict[str, str | int]]
+    gguf_file: Path | None = None  # the quantized GGUF `path` was dequantized from, whose integers can be imported

@@ -16,7 +16,7 @@ from phiexport.architectures import Architecture, architecture_for_gguf
 from phiexport.errors import SourceError
 
 if TYPE_CHECKING:
-    from phiexport.quantize.gguf_blocks import NBitsWeight
+    from phiexport.quantize.gguf_blocks import BlockWeight
 
 _COMPLETE = ".complete"
 
@@ -72,12 +72,13 @@ def _dequantize(path: Path, output: Path) -> None:
     tokenizer.save_pretrained(output)
 
 
-def quantized_linears(path: Path) -> tuple[dict[str, NBitsWeight], dict[str, str]]:
-    """The GGUF's quantized 2-D tensors that map onto MatMulNBits exactly, by Hugging Face parameter name, rows in
-    the order transformers gives them (llama.cpp stores Llama's q/k rows permuted for its rotary layout; transformers
-    undoes that, and so is done here to the codes, scales and zero points).
+def gguf_linears(path: Path) -> tuple[dict[str, BlockWeight], dict[str, str]]:
+    """The GGUF's 2-D tensors in a block format that maps exactly (quantize/gguf_blocks.py), by Hugging Face module
+    name, rows in the order transformers gives them (llama.cpp stores Llama's q/k rows permuted for its rotary
+    layout; transformers undoes that, and so is done here to the codes, scales and mins). A tied LM head appears as
+    `lm_head` too.
 
-    Also returns the format of every quantized 2-D tensor by HF name, these and the ones without an exact mapping.
+    Also returns the GGUF type of every 2-D tensor by module name: these, and those without an exact mapping.
     """
     import numpy as np
     import torch
@@ -90,30 +91,35 @@ def quantized_linears(path: Path) -> tuple[dict[str, NBitsWeight], dict[str, str
         load_gguf_checkpoint,
     )
 
-    from phiexport.quantize.gguf_blocks import LOSSLESS, gguf_to_nbits
+    from phiexport.quantize.gguf_blocks import LOSSLESS, gguf_to_blocks
 
     reader = GGUFReader(path)
     architecture = reader.fields["general.architecture"].contents()
-    processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=load_gguf_checkpoint(path)["config"])
+    parsed = dict(load_gguf_checkpoint(path)["config"])  # the header, parsed once
+    processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=dict(parsed))
+    config = AutoConfig.for_model(**parsed)
     with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path.parent, gguf_file=path.name))
+        skeleton = AutoModelForCausalLM.from_config(config)
     names = get_gguf_hf_weights_map(skeleton, processor)
-    weights: dict[str, NBitsWeight] = {}
+    weights: dict[str, BlockWeight] = {}
     formats: dict[str, str] = {}
     for tensor in reader.tensors:
-        qtype = GGMLQuantizationType(tensor.tensor_type)
-        if len(tensor.shape) != 2 or qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-            continue
         hf_name = names.get(tensor.name)
-        if hf_name is None:
+        if len(tensor.shape) != 2 or hf_name is None:
             continue
-        formats[hf_name] = qtype.name
+        module = hf_name.removesuffix(".weight")
+        qtype = GGMLQuantizationType(tensor.tensor_type)
+        formats[module] = qtype.name
         if qtype not in LOSSLESS:
             continue
         cols, rows = (int(size) for size in tensor.shape)  # GGUF lists the fastest-varying dimension first
         order = np.asarray(processor.process(np.arange(rows), tensor.name).weights)
         if not np.array_equal(np.sort(order), np.arange(rows)):
             continue  # transformers changes these values, not only their order: no exact mapping
-        weight = gguf_to_nbits(np.asarray(tensor.data), qtype, rows, cols)
-        weights[hf_name] = weight.rows(order)
+        weights[module] = gguf_to_blocks(np.asarray(tensor.data), qtype, rows, cols).take_rows(order)
+    embedding = "model.embed_tokens"
+    if getattr(config, "tie_word_embeddings", False) and "lm_head" not in formats and embedding in formats:
+        formats["lm_head"] = formats[embedding]
+        if embedding in weights:
+            weights["lm_head"] = weights[embedding]
     return weights, formats

@@ -74,6 +74,7 @@ def _from_gguf(path: Path, origin: str, cache_root: Path) -> Checkpoint:
         config=config,
         architecture=architecture_for(config),
         files={path.name: {"sha256": digest, "size": path.stat().st_size}},
+        gguf_file=path,
     )
 
 

@@ -20,6 +20,7 @@ class Target:
     op_contract: str | None = None  # name of the operator list every graph must stay within (targets.op_contract)
     builder_options: tuple[tuple[str, str], ...] = ()  # genai builder options this device needs
     session_options: tuple[tuple[str, int | str], ...] = ()  # written into genai_config.json's decoder session
+    imports_integers: bool = False  # carries a GGUF source's integers exactly (quantize/imported.py)
 
 
 TARGETS: dict[str, Target] = {}

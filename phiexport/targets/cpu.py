@@ -14,5 +14,6 @@ CPU = register_target(
         # onnxruntime's own thread default (one per physical core) rather than onnxruntime-genai's (half the hardware
         # threads): SmolLM2 decodes 1.33-1.44x faster, first token 30-45 % sooner (BENCHMARKS.md, decode table)
         session_options=(("intra_op_num_threads", 0),),
+        imports_integers=True,
     )
 )

@@ -1,58 +1,170 @@
-"""Each GGUF block format, carried into MatMulNBits without re-quantization, computes the `gguf` package's own
-dequantization: onnxruntime runs the weight against the identity, on random blocks (degenerate ones included)."""
+"""Each GGUF block format, imported into a builder-shaped graph without re-quantization, computes the `gguf`
+package's own dequantization in onnxruntime, on random blocks (degenerate ones included), at both compute types."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-from gguf import GGMLQuantizationType
-from gguf.quants import dequantize
+from pathlib import Path
 
-from phiexport.quantize.gguf_blocks import LOSSLESS, gguf_to_nbits, type_size
-from tests.matmul_nbits import matmul_nbits
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from gguf import GGMLQuantizationType as Q
+from gguf.quants import dequantize
+from onnx import TensorProto, helper, numpy_helper
+
+from phiexport.quantize.gguf_blocks import LOSSLESS, gguf_to_blocks, type_size
+from phiexport.quantize.imported import import_weights
 
 ROWS, COLS = 6, 512  # two K-quant super-blocks per row
+FORMATS = sorted(LOSSLESS, key=lambda q: q.name)
+DOWN = "/model/layers.0/mlp/down_proj/MatMul_Q4"  # a builder node name: one HF linear
+QKV = "/model/layers.0/attn/qkv_proj/MatMul_Q4"  # the builder's fused q, k, v
 
 
-def random_blocks(qtype: GGMLQuantizationType, rng: np.random.Generator) -> np.ndarray:
+def random_blocks(qtype: Q, rows: int, rng: np.random.Generator) -> np.ndarray:
     """Random code bytes with finite fp16 scale and offset fields, a few blocks' scales zeroed."""
-    count = ROWS * COLS // (256 if qtype.name.endswith("_K") else 32)
+    count = rows * COLS // (256 if qtype.name.endswith("_K") else 32)
     blocks = rng.integers(0, 256, (count, type_size(qtype)), dtype=np.uint8)
-    halves = {  # byte offsets of the fp16 fields: scale first, then min/dmin where the format has one
-        GGMLQuantizationType.Q6_K: [type_size(qtype) - 2],
-        GGMLQuantizationType.Q4_0: [0],
-        GGMLQuantizationType.Q8_0: [0],
-        GGMLQuantizationType.Q5_0: [0],
-    }.get(qtype, [0, 2])
-    for offset in halves:
+    halves = {Q.Q6_K: [type_size(qtype) - 2], Q.Q4_0: [0], Q.Q8_0: [0], Q.Q5_0: [0]}.get(qtype, [0, 2])
+    for offset in halves:  # byte offsets of the fp16 fields: scale first, then min/dmin where the format has one
         values = rng.uniform(-0.05, 0.05, count).astype(np.float16)
         values[:2] = 0.0  # a block whose every weight is its offset (or zero)
         blocks[:, offset : offset + 2] = values.view(np.uint8).reshape(count, 2)
-    if qtype == GGMLQuantizationType.Q6_K:
+    if qtype == Q.Q6_K:
         blocks[0, -18:-2] = 0  # zero sub-block scales
     return blocks.reshape(-1)
 
 
-@pytest.mark.parametrize("qtype", sorted(LOSSLESS, key=lambda q: q.name), ids=lambda q: q.name)
-def test_matmul_nbits_computes_ggufs_dequantization(qtype):
-    data = random_blocks(qtype, np.random.default_rng(int(qtype)))
+def builder_graph(path: Path, linears: dict[str, int], vocab: int | None = None) -> Path:
+    """A graph shaped like the genai builder's: MatMulNBits nodes (placeholder int4 weights) named like its
+    linears, each from input `x` [1, T, COLS] to an output named after it; with `vocab`, an LM head and the tied
+    embedding the builder gathers from the LM head's weight."""
+    nodes, initializers, outputs = [], [], []
+    if vocab is not None:
+        linears = {**linears, "/lm_head/MatMul_Q4": vocab}
+    for name, rows in linears.items():
+        packed, scales = f"{name}.B", f"{name}.scales"
+        initializers += [
+            numpy_helper.from_array(np.zeros((rows, COLS // 32, 16), np.uint8), packed),
+            numpy_helper.from_array(np.ones((rows, COLS // 32), np.float32), scales),
+        ]
+        attrs = {"K": COLS, "N": rows, "bits": 4, "block_size": 32, "accuracy_level": 4}
+        nodes.append(helper.make_node("MatMulNBits", ["x", packed, scales], [name], name, "", "com.microsoft", **attrs))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    if vocab is not None:
+        shape = helper.make_node(
+            "Constant", [], ["table_shape"], value=numpy_helper.from_array(np.array([vocab, COLS // 2]))
+        )
+        reshape = helper.make_node("Reshape", ["/lm_head/MatMul_Q4.B", "table_shape"], ["table"], "/embed/Reshape")
+        gather = helper.make_node(
+            "GatherBlockQuantized",
+            ["table", "input_ids", "/lm_head/MatMul_Q4.scales"],
+            ["embedding"],
+            "/model/embed_tokens/GatherBlockQuantized",
+            domain="com.microsoft",
+            bits=4,
+            block_size=32,
+            gather_axis=0,
+            quantize_axis=1,
+        )
+        nodes += [shape, reshape, gather]
+        outputs.append(helper.make_tensor_value_info("embedding", TensorProto.FLOAT, None))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, COLS])]
+    if vocab is not None:
+        inputs.append(helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, None]))
+    graph = helper.make_graph(nodes, "builder", inputs, outputs, initializers)
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    onnx.save(model, str(path), save_as_external_data=True, location=f"{path.name}.data")
+    return path
+
+
+def run(path: Path, **feeds: np.ndarray) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    wanted = [output.name for output in session.get_outputs()]
+    fed = {spec.name: feeds[spec.name] for spec in session.get_inputs()}
+    return dict(zip(wanted, session.run(wanted, fed), strict=True))
+
+
+@pytest.mark.parametrize("accuracy_level", [1, 4], ids=["fp32", "int8-activations"])
+@pytest.mark.parametrize("qtype", FORMATS, ids=lambda q: q.name)
+def test_matmul_nbits_computes_ggufs_dequantization(qtype, accuracy_level, tmp_path):
+    data = random_blocks(qtype, ROWS, np.random.default_rng(int(qtype)))
     expected = dequantize(data, qtype).reshape(ROWS, COLS)
-    weight = gguf_to_nbits(data, qtype, ROWS, COLS)
+    weight = gguf_to_blocks(data, qtype, ROWS, COLS)
     assert (weight.bits, weight.block_size) == LOSSLESS[qtype]
-    identity = np.eye(COLS, dtype=np.float32)
-    found = matmul_nbits(
-        identity, weight.packed, weight.scales, weight.zero_points, bits=weight.bits, block=weight.block_size
-    ).T
+    assert np.array_equal(weight.dequantize(), expected)  # codes, scales and mins are the file's
+    path = builder_graph(tmp_path / "model.onnx", {DOWN: ROWS})
+    assert import_weights(path, {"model.layers.0.mlp.down_proj": weight}, accuracy_level=accuracy_level) == {
+        "model.layers.0.mlp.down_proj"
+    }
     scale = np.abs(expected).max()
-    # codes and scales are the file's; only a float zero point (−offset / scale) rounds, relative to the weights
-    assert np.abs(weight.dequantize() - expected).max() <= 1e-6 * scale, qtype.name
+    # the identity is exact in int8 too, so both compute types give each weight back
+    found = run(path, x=np.eye(COLS, dtype=np.float32)[None])[DOWN][0].T
     assert np.abs(found - expected).max() <= 1e-6 * scale, qtype.name
+    if accuracy_level == 1:  # fp32: any input, to float rounding
+        x = np.random.default_rng(1).standard_normal((1, 5, COLS)).astype(np.float32)
+        product = run(path, x=x)[DOWN]
+        assert np.abs(product - x @ expected.T).max() <= 1e-5 * np.abs(x @ expected.T).max(), qtype.name
 
 
-def test_q4_1_zero_point_reproduces_the_offset_to_float_rounding():
-    """The issue's check: zero_point = −min / scale gives back `scale · code + min` to 1e-7 relative."""
-    rng = np.random.default_rng(7)
-    d, m = np.float32(rng.uniform(0.001, 0.05)), np.float32(rng.uniform(-0.3, 0.0))
-    codes = rng.integers(0, 16, 32).astype(np.float32)
-    zero_point = -m / d
-    assert np.abs((codes - zero_point) * d - (d * codes + m)).max() <= 1e-7 * np.abs(d * codes + m).max()
+@pytest.mark.parametrize(
+    ("qtype", "accuracy_level"),
+    [(Q.Q8_0, 1), (Q.Q8_0, 4), (Q.Q4_1, 1), (Q.Q6_K, 1), (Q.Q4_0, 4)],
+    ids=["Q8_0-halves", "Q8_0-8bit", "Q4_1-offsets", "Q6_K-halves", "Q4_0"],
+)
+def test_tied_embedding_gathers_the_imported_lm_head_rows(qtype, accuracy_level, tmp_path):
+    vocab = 40
+    data = random_blocks(qtype, vocab, np.random.default_rng(3))
+    table = dequantize(data, qtype).reshape(vocab, COLS)
+    weight = gguf_to_blocks(data, qtype, vocab, COLS)
+    path = builder_graph(tmp_path / "model.onnx", {}, vocab=vocab)
+    assert import_weights(path, {"lm_head": weight}, accuracy_level=accuracy_level) == {"lm_head"}
+    ids = np.array([[0, 7, 39, 7]], dtype=np.int64)
+    outputs = run(path, x=np.eye(COLS, dtype=np.float32)[None], input_ids=ids)
+    scale = np.abs(table).max()
+    assert np.abs(outputs["embedding"][0] - table[ids[0]]).max() <= 1e-6 * scale
+    assert np.abs(outputs["/lm_head/MatMul_Q4"][0].T - table).max() <= 1e-6 * scale
+    names = {tensor.name for tensor in onnx.load(str(path), load_external_data=False).graph.initializer}
+    assert "/lm_head/MatMul_Q4.B" not in names  # the builder's re-quantized table is gone, not carried along
+
+
+def test_fused_node_of_mixed_layouts_runs_each_part_and_concatenates(tmp_path):
+    """Q4_K_M files mix formats within a layer: q and k Q4_K (blocks of 32), v Q6_K (blocks of 16)."""
+    rng = np.random.default_rng(5)
+    parts = {"q_proj": (Q.Q4_K, 4), "k_proj": (Q.Q4_K, 2), "v_proj": (Q.Q6_K, 2)}
+    weights, expected = {}, []
+    for name, (qtype, rows) in parts.items():
+        data = random_blocks(qtype, rows, rng)
+        weights[f"model.layers.0.self_attn.{name}"] = gguf_to_blocks(data, qtype, rows, COLS)
+        expected.append(dequantize(data, qtype).reshape(rows, COLS))
+    path = builder_graph(tmp_path / "model.onnx", {QKV: 8})
+    assert import_weights(path, weights, accuracy_level=1) == set(weights)
+    found = run(path, x=np.eye(COLS, dtype=np.float32)[None])[QKV][0].T
+    stacked = np.concatenate(expected)
+    assert np.abs(found - stacked).max() <= 1e-6 * np.abs(stacked).max()
+    ops = [node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node]
+    assert ops.count("MatMulNBits") == 3 and "Concat" in ops
+
+
+@pytest.mark.parametrize(("qtype", "bits_per_weight"), [(Q.Q4_1, 5.0), (Q.Q4_0, 4.5), (Q.Q8_0, 8.5)])
+def test_file_holds_no_more_than_the_gguf_blocks(qtype, bits_per_weight, tmp_path):
+    """fp16 block headers stay fp16 in the file (a Cast widens them when the session opens)."""
+    data = random_blocks(qtype, ROWS, np.random.default_rng(9))
+    assert data.size * 8 / (ROWS * COLS) == bits_per_weight
+    path = builder_graph(tmp_path / "model.onnx", {DOWN: ROWS})
+    import_weights(path, {"model.layers.0.mlp.down_proj": gguf_to_blocks(data, qtype, ROWS, COLS)}, accuracy_level=1)
+    graph = onnx.load(str(path)).graph
+    stored = sum(numpy_helper.to_array(tensor).nbytes for tensor in graph.initializer if len(tensor.dims) >= 2)
+    assert stored <= data.size
+
+
+def test_nodes_without_a_source_weight_keep_the_builders_integers(tmp_path):
+    path = builder_graph(tmp_path / "model.onnx", {DOWN: ROWS, QKV: 8})
+    data = random_blocks(Q.Q4_0, ROWS, np.random.default_rng(2))
+    weights = {"model.layers.0.mlp.down_proj": gguf_to_blocks(data, Q.Q4_0, ROWS, COLS)}
+    assert import_weights(path, weights, accuracy_level=1) == set(weights)
+    graph = onnx.load(str(path)).graph
+    assert {tensor.name for tensor in graph.initializer} >= {f"{QKV}.B", f"{QKV}.scales"}
+    assert f"{DOWN}.B" not in {tensor.name for tensor in graph.initializer}

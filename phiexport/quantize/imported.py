@@ -1,0 +1,333 @@
+"""Carry a pre-quantized checkpoint's integers into the genai builder's CPU graph exactly.
+
+Each decoder linear and the LM head the builder wrote as MatMulNBits is rewritten to compute the source's
+`scales · codes + mins` (quantize/gguf_blocks.py: BlockWeight):
+
+    y = MatMulNBits(x; codes, scales)               scales · (codes − midpoint), onnxruntime's own kernels
+      + BlockSum(x) @ (mins + midpoint · scales)ᵀ   the blocks' offsets, only where some are non-zero
+
+MatMulNBits' floating-point zero points could hold the mins, but onnxruntime's CPU kernel then dequantizes the
+whole weight on every call (measured 10× slower; refused at 8 bits). Codes wider than 4 bits run as two 4-bit halves
+(`16 · high + low`) over the input twice, unless the package computes with int8 activations (accuracy level 4):
+onnxruntime's 8-bit kernel has no fp32 path of its own, its fallback measured ~100× slower. Scales and mins are
+stored as fp16 where that is exact (every GGUF block header is fp16) and widened by Casts that onnxruntime folds into
+constants when the session opens, so the file holds no more than the source's blocks.
+
+A tied token embedding reads the LM head's codes through the builder's GatherBlockQuantized, offsets gathered too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phiexport.errors import BuildError, UsageError
+from phiexport.quantize.gguf_blocks import BlockWeight
+from phiexport.quantize.onnx_weights import builder_sources, save_with_external_data
+from phiexport.recipe import QuantizationConfig
+from phiexport.source.checkpoint import Checkpoint
+
+INT8_ACTIVATIONS = 4  # MatMulNBits accuracy level that quantizes activations to int8
+LM_HEAD = "lm_head"
+EMBEDDING = "model.embed_tokens"
+
+
+@dataclass(frozen=True)
+class SourceIntegers:
+    """A pre-quantized source's integer weights and the type of each of its 2-D tensors, by HF module name."""
+
+    weights: dict[str, BlockWeight]
+    formats: dict[str, str]
+
+    @property
+    def tied(self) -> bool:
+        return LM_HEAD in self.weights and self.weights[LM_HEAD] is self.weights.get(EMBEDDING)
+
+    @property
+    def complete(self) -> bool:
+        """True when every linear (LM head included) has integers to import: nothing is left to re-quantize."""
+        return all(name in self.weights for name in self.formats if name != EMBEDDING)
+
+    def report(self, imported: set[str], accuracy_level: int) -> dict[str, Any]:
+        """The manifest's account: source tensors imported (by format), those re-quantized or kept in float."""
+        done = imported | ({EMBEDDING} if self.tied and LM_HEAD in imported else set())
+        counts: dict[str, int] = {}
+        requantized, kept_float = {}, []
+        for name, kind in sorted(self.formats.items()):
+            if name == LM_HEAD and self.tied:
+                continue  # the embedding's tensor
+            if name in done:
+                counts[kind] = counts.get(kind, 0) + 1
+            elif name == EMBEDDING and LM_HEAD in self.formats and not self.tied:
+                kept_float.append(name)  # the builder's float table holds the dequantized values exactly
+            else:
+                requantized[name] = kind
+        return {
+            "imported": counts,
+            "requantized": requantized,
+            "kept_float": kept_float,
+            "accuracy_level": accuracy_level,
+        }
+
+
+def source_integers(checkpoint: Checkpoint, quant: QuantizationConfig) -> SourceIntegers | None:
+    """The GGUF source's integers when the recipe imports them (an integer precision, no --requantize), else None.
+
+    Rotation and a measured int4/int8 mix change the weights themselves, so they need --requantize.
+    """
+    from phiexport.source.gguf import gguf_linears
+
+    if checkpoint.gguf_file is None or quant.requantize or not quant.is_integer:
+        return None
+    for asked, flag in ((quant.rotate, "--rotate"), (quant.mixed == "auto", "--mixed auto")):
+        if asked:
+            raise UsageError(
+                f"{flag} changes the weights, so the GGUF's integers cannot be imported as they are",
+                f"add --requantize to quantize the dequantized weights again, or drop {flag}",
+            )
+    weights, formats = gguf_linears(checkpoint.gguf_file)
+    return SourceIntegers(weights, formats)
+
+
+def describe_import(report: dict[str, Any]) -> str:
+    """One line for the model card, e.g. `the GGUF's integers (Q4_1 × 210, Q8_0 × 1), fp32 compute`."""
+    formats = ", ".join(f"{kind} × {count}" for kind, count in sorted(report["imported"].items()))
+    compute = "int8-activation" if report["accuracy_level"] == INT8_ACTIVATIONS else "fp32"
+    rest = f"; {len(report['requantized'])} tensors re-quantized" if report["requantized"] else ""
+    return f"the GGUF's own integers ({formats}), {compute} compute{rest}"
+
+
+def import_weights(model_path: Path, weights: dict[str, BlockWeight], *, accuracy_level: int) -> set[str]:
+    """Rewrite the builder's MatMulNBits nodes of `model_path` (in place) that `weights` (by Hugging Face module
+    name, `lm_head` the LM head even when tied) covers; the names of the weights imported. Nodes without a source
+    weight keep the builder's re-quantized integers."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    rows = {name: weight.codes.shape[0] for name, weight in weights.items()}
+    producer = {output: node for node in graph.node for output in node.output}
+    rewrites: dict[int, _Rewrite] = {}
+    head: _Written | None = None
+    imported: set[str] = set()
+    for index, node in enumerate(graph.node):
+        if node.op_type != "MatMulNBits":
+            continue
+        attrs = {attribute.name: attribute.i for attribute in node.attribute}
+        sources = [(LM_HEAD, slice(None))] if node.name.startswith("/lm_head/") else None
+        if sources is None:
+            sources = builder_sources(node.name, attrs["N"], rows)
+        if sources is None or any(name not in weights for name, _ in sources):
+            continue
+        parts = [weights[name].take_rows(part) for name, part in sources]
+        if sum(part.codes.shape[0] for part in parts) != attrs["N"] or parts[0].codes.shape[1] != attrs["K"]:
+            raise BuildError(f"{node.name}: the source weights do not have the builder's shape", "report a bug")
+        rewrite = _Rewrite(accuracy_level)
+        written = rewrite.linear(node.input[0], parts, node.output[0], node.name)
+        rewrites[index] = rewrite
+        imported.update(name for name, _ in sources)
+        if node.name.startswith("/lm_head/"):
+            head = written
+    for index, node in enumerate(graph.node):
+        if node.op_type == "GatherBlockQuantized" and head is not None and _reads_lm_head(node, producer, graph):
+            rewrite = _Rewrite(accuracy_level)
+            rewrite.embedding(node, head)
+            rewrites[index] = rewrite
+    if not rewrites:
+        return imported
+    nodes = []
+    for index, node in enumerate(graph.node):
+        if index in rewrites:
+            graph.initializer.extend(rewrites[index].initializers)
+            nodes.extend(rewrites[index].nodes)
+        else:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _drop_unused(graph)
+    save_with_external_data(model, model_path)
+    return imported
+
+
+@dataclass
+class _Written:
+    """A rewritten linear's tensors, which a tied embedding gathers from."""
+
+    codes: str  # uint8 [N, blocks, block_size · bits / 8]
+    scales: str  # float32 [N, blocks]
+    offsets: str | None  # float32 [N, source blocks], added after the codes' dequantization
+    bits: int
+    block_size: int
+    halves: bool  # codes are [high | low] over a doubled K
+    width: int  # K of the source weight
+
+
+@dataclass
+class _Rewrite:
+    """The nodes and initializers replacing one node of the builder's graph."""
+
+    accuracy_level: int
+    nodes: list[Any] = field(default_factory=list)
+    initializers: list[Any] = field(default_factory=list)
+
+    def linear(self, x: str, parts: list[BlockWeight], output: str, name: str) -> _Written | None:
+        """`output = x · Wᵀ` for W the parts' rows stacked; one MatMulNBits when they share a layout."""
+        stacked = BlockWeight.stack(parts)
+        if stacked is not None:
+            return self._matmul(x, stacked, output, name)
+        outputs = [f"{name}/part{i}" for i in range(len(parts))]
+        for part, part_output in zip(parts, outputs, strict=True):
+            self._matmul(x, part, part_output, part_output)
+        self._node("Concat", outputs, output, f"{name}/Concat", axis=-1)
+        return None
+
+    def embedding(self, gather: Any, head: _Written) -> None:
+        """The tied embedding: the builder's GatherBlockQuantized, pointed at the imported LM head."""
+        name = gather.name
+        row_bytes = head.width * (2 if head.halves else 1) * head.bits // 8
+        rows = self._constant(f"{name}/data_shape", np.array([-1, row_bytes]))
+        data = self._node("Reshape", [head.codes, rows], f"{name}/data", f"{name}/Reshape")
+        out = gather.output[0]
+        gathered = f"{name}/output" if head.halves or head.offsets else out
+        self._node(
+            "GatherBlockQuantized",
+            [data, gather.input[1], head.scales],
+            gathered,
+            name,
+            domain="com.microsoft",
+            bits=head.bits,
+            block_size=head.block_size,
+            gather_axis=0,
+            quantize_axis=1,
+        )
+        if head.halves:  # [high | low] halves of each row, summed
+            shape = self._constant(f"{name}/halves_shape", np.array([0, 0, 2, head.width]))
+            halves = self._node("Reshape", [gathered, shape], f"{name}/halves", f"{name}/ReshapeHalves")
+            axis = self._constant(f"{name}/halves_axis", np.array([-2]))
+            summed = f"{name}/summed" if head.offsets else out
+            gathered = self._node("ReduceSum", [halves, axis], summed, f"{name}/SumHalves", keepdims=0)
+        if head.offsets:
+            blocks = head.width // head.block_size
+            expand = np.repeat(np.eye(blocks, dtype=np.float32), head.block_size, axis=1)  # [blocks, K] of 0 and 1
+            offsets = self._node("Gather", [head.offsets, gather.input[1]], f"{name}/offsets", f"{name}/GatherOffsets")
+            spread = self._node(
+                "MatMul", [offsets, self._constant(f"{name}/expand", expand)], f"{name}/row_offsets", f"{name}/Spread"
+            )
+            self._node("Add", [gathered, spread], out, f"{name}/AddOffsets")
+
+    def _matmul(self, x: str, weight: BlockWeight, output: str, name: str) -> _Written:
+        rows, width = weight.codes.shape
+        block = weight.block_size
+        halves = weight.bits > 4 and self.accuracy_level != INT8_ACTIVATIONS
+        scales = self._float(f"{name}/scales", weight.scales)
+        if halves:
+            # 5- to 7-bit codes: the high half is lifted by 8, so that MatMulNBits' midpoint takes back only that
+            # and the offsets stay small (less cancellation in fp32)
+            lift = 8 if weight.bits <= 7 else 0
+            codes = np.concatenate([(weight.codes >> 4) + lift, weight.codes & 0x0F], axis=1)
+            bits, midpoint = 4, 16 * (8 - lift) + 8
+            sixteen = self._constant(f"{name}/sixteen", np.array(16.0, np.float32))
+            high = self._node("Mul", [scales, sixteen], f"{name}/high_scales", f"{name}/HighScales")
+            scales_in = self._node("Concat", [high, scales], f"{name}/halves_scales", f"{name}/ConcatScales", axis=1)
+            x_in = self._node("Concat", [x, x], f"{name}/input_twice", f"{name}/ConcatInput", axis=-1)
+        else:
+            codes, bits, scales_in, x_in = weight.codes, (4 if weight.bits <= 4 else 8), scales, x
+            midpoint = 1 << (bits - 1)
+        packed = _pack(codes, bits).reshape(rows, -1, block * bits // 8)
+        codes_name = self._initializer(f"{name}/codes", packed)
+        offsets = self._offsets(weight, scales, midpoint, name)
+        product = output if offsets is None else f"{name}/product"
+        self._node(
+            "MatMulNBits",
+            [x_in, codes_name, scales_in],
+            product,
+            name,
+            domain="com.microsoft",
+            K=codes.shape[1],
+            N=rows,
+            bits=bits,
+            block_size=block,
+            accuracy_level=self.accuracy_level,
+        )
+        if offsets is not None:
+            by_block = self._constant(f"{name}/block_shape", np.array([0, 0, width // block, block]))
+            blocked = self._node("Reshape", [x, by_block], f"{name}/input_blocks", f"{name}/ReshapeBlocks")
+            axis = self._constant(f"{name}/block_axis", np.array([-1]))
+            sums = self._node("ReduceSum", [blocked, axis], f"{name}/block_sums", f"{name}/BlockSums", keepdims=0)
+            transposed = self._node("Transpose", [offsets], f"{name}/offsets_t", f"{name}/Transpose", perm=[1, 0])
+            added = self._node("MatMul", [sums, transposed], f"{name}/block_offsets", f"{name}/MatMulOffsets")
+            self._node("Add", [product, added], output, f"{name}/AddOffsets")
+        return _Written(codes_name, scales_in, offsets, bits, block, halves, width)
+
+    def _offsets(self, weight: BlockWeight, scales: str, midpoint: int, name: str) -> str | None:
+        """float32 `[N, blocks]` `mins + midpoint · scales`: what the blocks add beyond MatMulNBits' dequantization;
+        None when that is zero. Mins that are one multiple of the scales (symmetric formats) are not stored."""
+        if not np.any(weight.mins + midpoint * weight.scales):
+            return None
+        nonzero = np.flatnonzero(weight.scales)
+        ratio = float(weight.mins.flat[nonzero[0]] / weight.scales.flat[nonzero[0]]) if nonzero.size else 0.0
+        if np.array_equal(weight.mins, np.float32(ratio) * weight.scales):
+            factor = self._constant(f"{name}/offset_ratio", np.array(ratio + midpoint, np.float32))
+            return self._node("Mul", [scales, factor], f"{name}/offsets", f"{name}/Offsets")
+        mins = self._float(f"{name}/mins", weight.mins)
+        mid = self._constant(f"{name}/midpoint", np.array(float(midpoint), np.float32))
+        spread = self._node("Mul", [scales, mid], f"{name}/midpoint_scales", f"{name}/MidpointScales")
+        return self._node("Add", [mins, spread], f"{name}/offsets", f"{name}/Offsets")
+
+    def _float(self, name: str, values: np.ndarray) -> str:
+        """A float32 tensor of `values`, stored as fp16 and cast back when that loses nothing."""
+        half = values.astype(np.float16)
+        if np.array_equal(half.astype(np.float32), values):
+            from onnx import TensorProto
+
+            stored = self._initializer(f"{name}_fp16", half)
+            return self._node("Cast", [stored], name, f"{name}/Cast", to=TensorProto.FLOAT)
+        return self._initializer(name, values.astype(np.float32))
+
+    def _constant(self, name: str, values: np.ndarray) -> str:
+        return self._initializer(name, values.astype(np.int64) if values.dtype.kind == "i" else values)
+
+    def _initializer(self, name: str, values: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(values), name))
+        return name
+
+    def _node(self, op: str, inputs: list[str], output: str, name: str, domain: str = "", **attrs: Any) -> str:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, [output], name=name, domain=domain, **attrs))
+        return output
+
+
+def _reads_lm_head(gather: Any, producer: dict[str, Any], graph: Any) -> bool:
+    """True when the GatherBlockQuantized table is the LM head's weight (the builder's tied embedding)."""
+    reshape = producer.get(gather.input[0])
+    lm_head = next((node for node in graph.node if node.name.startswith("/lm_head/")), None)
+    return reshape is not None and lm_head is not None and reshape.input[0] == lm_head.input[1]
+
+
+def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """MatMulNBits packing: at 4 bits two codes a byte, the first in the low nibble."""
+    if bits == 8:
+        return codes
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+
+
+def _drop_unused(graph: Any) -> None:
+    """Remove what only the replaced nodes read: nodes whose outputs nothing reads (the tied embedding's old
+    Reshape, shape Constants) and initializers no node reads."""
+    outputs = {output.name for output in graph.output}
+    while True:
+        used = {name for node in graph.node for name in node.input} | outputs
+        dead = [node for node in graph.node if not any(output in used for output in node.output)]
+        for node in dead:
+            graph.node.remove(node)
+        if not dead:
+            break
+    kept = [tensor for tensor in graph.initializer if tensor.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
