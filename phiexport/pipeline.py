@@ -159,9 +159,10 @@ def _build_into(
                         imported = import_weights(package_dir / "model.onnx", integers.weights, accuracy_level=level)
                         report = integers.report(imported, level)
                         weights[name] = {
-                            "imported": report,
-                            "requantized_with": weights[name] if report["requantized"] else None,
+                            "precision": quant.precision,
                             "body": describe_import(report),
+                            "imported": report,
+                            **({"requantized_with": weights[name]} if report["requantized"] else {}),
                         }
                     if target.op_contract:
                         operators[name] = load_contract(target.op_contract).check(package_dir / "model.onnx")

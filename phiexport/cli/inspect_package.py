@@ -46,6 +46,6 @@ def inspect(
         if summary["metrics"]:
             m = summary["metrics"]
             console.print(
-                f"accuracy: KL mean {m['kl_mean']:.4f}, p99 {m['kl_p99']:.4f}, top-1 "
+                f"accuracy: KL mean {m['kl_mean']:.4g}, p99 {m['kl_p99']:.4g}, top-1 "
                 f"{m['top1_agreement']:.1%}, ppl {m['ppl_reference']:.3f} → {m['ppl_package']:.3f}"
             )
