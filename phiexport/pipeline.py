@@ -116,8 +116,8 @@ def _build_into(
             check_htp_blocks(checkpoint.config, quant.block_size)
             check_npu_weights(recipe)
         integers = None
-        if checkpoint.gguf_file is not None and any(TARGETS[name].imports_integers for name in recipe.targets):
-            with progress.stage("import", f"{checkpoint.gguf_file.name}'s integers"):
+        if checkpoint.prequantized is not None and any(TARGETS[name].imports_integers for name in recipe.targets):
+            with progress.stage("import", f"{checkpoint.prequantized.name}'s integers"):
                 integers = source_integers(checkpoint, quant)
         exported, calibrated, prepared = checkpoint, None, None
         if (quant.rotate or quant.calibrated) and any(

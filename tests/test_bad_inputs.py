@@ -213,7 +213,7 @@ BAD_INPUTS = [
                  id="unknown-precision"),
     pytest.param(lambda b: ["--target", "tpu"], 2, ["unknown target 'tpu'"], id="unknown-target"),
     pytest.param(lambda b: ["-t", "cpu", "--rotate"], 2,
-                 ["--rotate changes the weights, so the GGUF's integers cannot be imported", "add --requantize"],
+                 ["--rotate changes the weights, so the source's integers cannot be imported", "add --requantize"],
                  id="gguf-import-with-rotation"),
     pytest.param(lambda b: ["--soc", "snapdragon-9000"], 2, ["unknown SoC 'snapdragon-9000'", "x-elite, x2-elite"],
                  id="unknown-soc"),

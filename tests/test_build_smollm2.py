@@ -44,7 +44,13 @@ def test_package_is_complete_and_every_file_is_in_the_manifest(smollm2_build, sm
     assert manifest["weights"] == {
         "precision": "int4",
         "body": "the GGUF's own integers (Q4_1 × 210, Q8_0 × 1), fp32 compute",
-        "imported": {"imported": {"Q4_1": 210, "Q8_0": 1}, "requantized": {}, "kept_float": [], "accuracy_level": 1},
+        "imported": {
+            "source": "GGUF",
+            "imported": {"Q4_1": 210, "Q8_0": 1},
+            "requantized": {},
+            "kept_float": [],
+            "accuracy_level": 1,
+        },
     }
     import onnxruntime
 

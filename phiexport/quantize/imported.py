@@ -39,12 +39,10 @@ EMBEDDING = "model.embed_tokens"
 class SourceIntegers:
     """A pre-quantized source's integer weights and the type of each of its 2-D tensors, by HF module name."""
 
+    label: str  # "GGUF", "GPTQ", "AWQ"
     weights: dict[str, BlockWeight]
     formats: dict[str, str]
-
-    @property
-    def tied(self) -> bool:
-        return LM_HEAD in self.weights and self.weights[LM_HEAD] is self.weights.get(EMBEDDING)
+    tied: bool  # the LM head is the token embedding (one tensor in the source)
 
     @property
     def complete(self) -> bool:
@@ -53,19 +51,19 @@ class SourceIntegers:
 
     def report(self, imported: set[str], accuracy_level: int) -> dict[str, Any]:
         """The manifest's account: source tensors imported (by format), those re-quantized or kept in float."""
-        done = imported | ({EMBEDDING} if self.tied and LM_HEAD in imported else set())
         counts: dict[str, int] = {}
         requantized, kept_float = {}, []
         for name, kind in sorted(self.formats.items()):
             if name == LM_HEAD and self.tied:
                 continue  # the embedding's tensor
-            if name in done:
+            if name in imported or (name == EMBEDDING and self.tied and LM_HEAD in imported):
                 counts[kind] = counts.get(kind, 0) + 1
-            elif name == EMBEDDING and LM_HEAD in self.formats and not self.tied:
+            elif name == EMBEDDING and not self.tied:
                 kept_float.append(name)  # the builder's float table holds the dequantized values exactly
             else:
                 requantized[name] = kind
         return {
+            "source": self.label,
             "imported": counts,
             "requantized": requantized,
             "kept_float": kept_float,
@@ -74,30 +72,67 @@ class SourceIntegers:
 
 
 def source_integers(checkpoint: Checkpoint, quant: QuantizationConfig) -> SourceIntegers | None:
-    """The GGUF source's integers when the recipe imports them (an integer precision, no --requantize), else None.
+    """The pre-quantized source's integers when the recipe imports them (an integer precision, no --requantize),
+    else None.
 
-    Rotation and a measured int4/int8 mix change the weights themselves, so they need --requantize.
+    Rotation and a measured int4/int8 mix change the weights themselves, so they need --requantize; so does a GPTQ
+    checkpoint whose inputs are grouped out of order (act-order), which MatMulNBits blocks cannot hold.
     """
-    from phiexport.source.gguf import gguf_linears
-
-    if checkpoint.gguf_file is None or quant.requantize or not quant.is_integer:
+    if checkpoint.prequantized is None or quant.requantize or not quant.is_integer:
         return None
     for asked, flag in ((quant.rotate, "--rotate"), (quant.mixed == "auto", "--mixed auto")):
         if asked:
             raise UsageError(
-                f"{flag} changes the weights, so the GGUF's integers cannot be imported as they are",
+                f"{flag} changes the weights, so the source's integers cannot be imported as they are",
                 f"add --requantize to quantize the dequantized weights again, or drop {flag}",
             )
-    weights, formats = gguf_linears(checkpoint.gguf_file)
-    return SourceIntegers(weights, formats)
+    tied = bool(checkpoint.config.get("tie_word_embeddings", False))
+    if checkpoint.kind == "gguf":
+        from phiexport.source.gguf import gguf_linears
+
+        weights, formats = gguf_linears(checkpoint.prequantized)
+        return SourceIntegers("GGUF", weights, formats, tied and "lm_head" in weights)
+    return _checkpoint_integers(checkpoint.prequantized, tied)
+
+
+def _checkpoint_integers(directory: Path, tied: bool) -> SourceIntegers:
+    import json
+
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    from phiexport.source import prequantized
+
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    quant = prequantized.quantization_config(config)
+    assert quant is not None  # resolve_source set `prequantized` because of it
+    label = str(quant["quant_method"]).upper()
+    weights: dict[str, BlockWeight] = {}
+    formats: dict[str, str] = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        found, groups = prequantized.linear_weights(load_file(path), quant)
+        for module, weight in found.items():
+            if not prequantized.in_order(weight, groups[module]):
+                raise UsageError(
+                    f"{module} is act-order {label} (desc_act): its inputs are grouped out of order, which "
+                    "MatMulNBits blocks cannot hold",
+                    "add --requantize to quantize the dequantized weights again, or use a desc_act=false export",
+                )
+            weights[module] = weight
+            formats[module] = f"{label} int{weight.bits} g{weight.block_size}"
+        with safe_open(path, "np") as handle:
+            for name in handle.keys():  # noqa: SIM118  (safe_open has no __iter__)
+                if name in (f"{LM_HEAD}.weight", f"{EMBEDDING}.weight"):
+                    formats[name.removesuffix(".weight")] = str(handle.get_slice(name).get_dtype())
+    return SourceIntegers(label, weights, formats, tied)
 
 
 def describe_import(report: dict[str, Any]) -> str:
-    """One line for the model card, e.g. `the GGUF's integers (Q4_1 × 210, Q8_0 × 1), fp32 compute`."""
+    """One line for the model card, e.g. `the GGUF's own integers (Q4_1 × 210, Q8_0 × 1), fp32 compute`."""
     formats = ", ".join(f"{kind} × {count}" for kind, count in sorted(report["imported"].items()))
     compute = "int8-activation" if report["accuracy_level"] == INT8_ACTIVATIONS else "fp32"
     rest = f"; {len(report['requantized'])} tensors re-quantized" if report["requantized"] else ""
-    return f"the GGUF's own integers ({formats}), {compute} compute{rest}"
+    return f"the {report['source']}'s own integers ({formats}), {compute} compute{rest}"
 
 
 def import_weights(model_path: Path, weights: dict[str, BlockWeight], *, accuracy_level: int) -> set[str]:
@@ -158,6 +193,7 @@ class _Written:
 
     codes: str  # uint8 [N, blocks, block_size · bits / 8]
     scales: str  # float32 [N, blocks]
+    zero_points: str | None  # uint8, packed like the codes
     offsets: str | None  # float32 [N, source blocks], added after the codes' dequantization
     bits: int
     block_size: int
@@ -194,7 +230,7 @@ class _Rewrite:
         gathered = f"{name}/output" if head.halves or head.offsets else out
         self._node(
             "GatherBlockQuantized",
-            [data, gather.input[1], head.scales],
+            [data, gather.input[1], head.scales, *([head.zero_points] if head.zero_points else [])],
             gathered,
             name,
             domain="com.microsoft",
@@ -238,11 +274,21 @@ class _Rewrite:
             midpoint = 1 << (bits - 1)
         packed = _pack(codes, bits).reshape(rows, -1, block * bits // 8)
         codes_name = self._initializer(f"{name}/codes", packed)
-        offsets = self._offsets(weight, scales, midpoint, name)
+        inputs = [x_in, codes_name, scales_in]
+        zero_points = _integer_zero_points(weight)
+        offsets = None
+        if zero_points is None:
+            offsets = self._offsets(weight, scales, midpoint, name)
+        else:  # GPTQ/AWQ: integer zero points, MatMulNBits' own (split like the codes when in halves)
+            if halves:
+                zero_points = np.concatenate([(zero_points >> 4) + lift, zero_points & 0x0F], axis=1)
+            if bits == 4 and zero_points.shape[1] % 2:
+                zero_points = np.pad(zero_points, ((0, 0), (0, 1)), constant_values=8)
+            inputs.append(self._initializer(f"{name}/zero_points", _pack(zero_points, bits)))
         product = output if offsets is None else f"{name}/product"
         self._node(
             "MatMulNBits",
-            [x_in, codes_name, scales_in],
+            inputs,
             product,
             name,
             domain="com.microsoft",
@@ -260,7 +306,8 @@ class _Rewrite:
             transposed = self._node("Transpose", [offsets], f"{name}/offsets_t", f"{name}/Transpose", perm=[1, 0])
             added = self._node("MatMul", [sums, transposed], f"{name}/block_offsets", f"{name}/MatMulOffsets")
             self._node("Add", [product, added], output, f"{name}/AddOffsets")
-        return _Written(codes_name, scales_in, offsets, bits, block, halves, width)
+        zero_name = inputs[3] if len(inputs) > 3 else None
+        return _Written(codes_name, scales_in, zero_name, offsets, bits, block, halves, width)
 
     def _offsets(self, weight: BlockWeight, scales: str, midpoint: int, name: str) -> str | None:
         """float32 `[N, blocks]` `mins + midpoint · scales`: what the blocks add beyond MatMulNBits' dequantization;
@@ -301,6 +348,22 @@ class _Rewrite:
 
         self.nodes.append(helper.make_node(op, inputs, [output], name=name, domain=domain, **attrs))
         return output
+
+
+def _integer_zero_points(weight: BlockWeight) -> np.ndarray | None:
+    """uint8 `[N, blocks]` zero points `z` with `mins = −z · scales` exactly, when they differ between blocks
+    (GPTQ, AWQ); None when the mins are no such integers (Q4_1, K-quants) or one multiple of the scales throughout
+    (symmetric formats), which offsets express without a zero-point input."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        zeros = np.where(weight.scales != 0, -weight.mins / weight.scales, 1 << (weight.bits - 1))
+    if np.all(zeros == zeros.flat[0]) or np.any(zeros != np.rint(zeros)):
+        return None
+    if zeros.min() < 0 or zeros.max() >= 1 << weight.bits:
+        return None
+    integers = zeros.astype(np.uint8)
+    if not np.array_equal(-integers.astype(np.float32) * weight.scales, weight.mins):
+        return None
+    return integers
 
 
 def _reads_lm_head(gather: Any, producer: dict[str, Any], graph: Any) -> bool:

@@ -16,7 +16,7 @@ class Checkpoint:
     """A checked Hugging Face directory (config.json, weights, tokenizer) ready for export and for the reference.
 
     `files` digests what the user supplied (the GGUF file, the Hub snapshot or the local directory), so the
-    manifest can name the exact input even when `path` is a dequantized copy (of `gguf_file`).
+    manifest can name the exact input even when `path` is a dequantized copy (of `prequantized`).
     """
 
     path: Path
@@ -26,4 +26,4 @@ class Checkpoint:
     config: dict[str, Any]
     architecture: Architecture
     files: dict[str, dict[str, str | int]]
-    gguf_file: Path | None = None  # the quantized GGUF `path` was dequantized from, whose integers can be imported
+    prequantized: Path | None = None  # the GGUF file or GPTQ/AWQ directory `path` was dequantized from

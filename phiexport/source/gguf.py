@@ -6,19 +6,16 @@ The dequantized directory is cached by the file's sha256, so later builds of the
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from phiexport.architectures import Architecture, architecture_for_gguf
 from phiexport.errors import SourceError
+from phiexport.source.cache import cached_copy
 
 if TYPE_CHECKING:
     from phiexport.quantize.gguf_blocks import BlockWeight
-
-_COMPLETE = ".complete"
 
 
 def gguf_architecture(path: Path) -> Architecture:
@@ -37,19 +34,7 @@ def dequantized_checkpoint(path: Path, sha256: str, cache_root: Path) -> Path:
 
     Call gguf_architecture first: this loads every tensor.
     """
-    target = cache_root / "gguf" / sha256[:32]
-    if (target / _COMPLETE).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
-    try:
-        _dequantize(path, staging)
-        (staging / _COMPLETE).touch()
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return cached_copy(cache_root / "gguf", sha256, partial(_dequantize, path))
 
 
 def _dequantize(path: Path, output: Path) -> None:

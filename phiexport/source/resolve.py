@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from functools import partial
 from pathlib import Path
 
 from phiexport.architectures import architecture_for
 from phiexport.digest import describe_files, sha256_file
 from phiexport.errors import SourceError, UsageError
 from phiexport.recipe import SourceConfig
-from phiexport.source import gguf, hub
+from phiexport.source import gguf, hub, prequantized
+from phiexport.source.cache import cached_copy, digest_of
 from phiexport.source.checkpoint import Checkpoint, SourceKind
 from phiexport.source.hf_dir import check_hf_dir, read_json
 from phiexport.source.weights import check_weights
@@ -30,7 +32,8 @@ def resolve_source(source: SourceConfig, cache_root: Path) -> Checkpoint:
         if source.revision is not None:
             raise UsageError(f"--revision applies to Hub ids, but {model} is a local path", "drop --revision")
         if path.is_dir():
-            return _from_directory(path, source, kind="hf_dir", origin=str(path.resolve()), revision=None)
+            origin = str(path.resolve())
+            return _from_directory(path, source, cache_root, kind="hf_dir", origin=origin, revision=None)
         if path.suffix == ".gguf":
             return _from_gguf(path, str(path.resolve()), cache_root)
         raise UsageError(
@@ -38,16 +41,31 @@ def resolve_source(source: SourceConfig, cache_root: Path) -> Checkpoint:
         )
     if _HUB_ID.match(model) and not model.startswith((".", "~")) and not model.endswith(".gguf"):
         snapshot, commit = hub.download_snapshot(model, source.revision, allow_pickle=source.allow_pickle)
-        return _from_directory(snapshot, source, kind="hub", origin=model, revision=commit)
+        return _from_directory(snapshot, source, cache_root, kind="hub", origin=model, revision=commit)
     raise UsageError(f"no such file or directory: {model}", "check the path, or pass a Hub id like org/name")
 
 
 def _from_directory(
-    path: Path, source: SourceConfig, kind: SourceKind, origin: str, revision: str | None
+    path: Path, source: SourceConfig, cache_root: Path, kind: SourceKind, origin: str, revision: str | None
 ) -> Checkpoint:
     config, architecture, used = check_hf_dir(
         path, allow_pickle=source.allow_pickle, trust_remote_code=source.trust_remote_code
     )
+    if (quant := prequantized.quantization_config(config)) is not None:
+        files = describe_files(path, used)
+        write = partial(prequantized.write_fp32_copy, path, quant=quant)
+        directory = cached_copy(cache_root / "prequantized", digest_of(files), write)
+        check_weights(directory)
+        return Checkpoint(
+            path=directory,
+            kind=kind,
+            origin=origin,
+            revision=revision,
+            config=read_json(directory / "config.json"),
+            architecture=architecture,
+            files=files,
+            prequantized=path,
+        )
     check_weights(path, pickled=not any(name.endswith(".safetensors") for name in used))
     return Checkpoint(
         path=path,
@@ -74,7 +92,7 @@ def _from_gguf(path: Path, origin: str, cache_root: Path) -> Checkpoint:
         config=config,
         architecture=architecture_for(config),
         files={path.name: {"sha256": digest, "size": path.stat().st_size}},
-        gguf_file=path,
+        prequantized=path,
     )
 
 
