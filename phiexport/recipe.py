@@ -63,10 +63,10 @@ class QuantizationConfig(_Strict):
         ge=0,
         le=4,
         description="MatMulNBits compute type: 0 default, 1 fp32 … 4 int8 activations. Unset: 4, and 1 for integers "
-        "imported from a GGUF source, which then compute exactly what the source does",
+        "imported from a GGUF/GPTQ/AWQ source, which then compute exactly what the source does",
     )
     requantize: bool = Field(
-        False, description="GGUF source: quantize its dequantized weights again instead of importing its integers"
+        False, description="GGUF/GPTQ/AWQ source: quantize its dequantized weights again, not import its integers"
     )
     rotate: bool = Field(False, description="Fold a randomized Hadamard rotation of the residual stream in first")
     rotation_seed: int = Field(0, ge=0, description="Seed of the rotation's random signs")

@@ -52,11 +52,11 @@ def build(
     ] = None,
     accuracy_level: Annotated[
         int | None,
-        typer.Option(help="MatMulNBits compute: 0-4 (4 = int8 activations) [4; 1 for integers imported from a GGUF]."),
+        typer.Option(help="MatMulNBits compute: 0-4 (4 = int8 activations) [4; 1 for imported integers]."),
     ] = None,
     requantize: Annotated[
         bool,
-        typer.Option("--requantize", help="GGUF source: quantize its weights again rather than import its integers."),
+        typer.Option("--requantize", help="GGUF/GPTQ/AWQ source: quantize it again, not import its integers."),
     ] = False,
     rotate: Annotated[
         bool, typer.Option("--rotate", help="Fold a randomized Hadamard rotation into the weights first.")
