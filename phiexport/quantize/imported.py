@@ -26,7 +26,7 @@ import numpy as np
 
 from phiexport.errors import BuildError, UsageError
 from phiexport.quantize.gguf_blocks import BlockWeight
-from phiexport.quantize.onnx_weights import builder_sources, save_with_external_data
+from phiexport.quantize.onnx_weights import builder_sources, pack_nibbles, save_with_external_data
 from phiexport.recipe import QuantizationConfig
 from phiexport.source.checkpoint import Checkpoint
 
@@ -272,7 +272,7 @@ class _Rewrite:
         else:
             codes, bits, scales_in, x_in = weight.codes, (4 if weight.bits <= 4 else 8), scales, x
             midpoint = 1 << (bits - 1)
-        packed = _pack(codes, bits).reshape(rows, -1, block * bits // 8)
+        packed = (codes if bits == 8 else pack_nibbles(codes)).reshape(rows, -1, block * bits // 8)
         codes_name = self._initializer(f"{name}/codes", packed)
         inputs = [x_in, codes_name, scales_in]
         zero_points = _integer_zero_points(weight)
@@ -284,7 +284,8 @@ class _Rewrite:
                 zero_points = np.concatenate([(zero_points >> 4) + lift, zero_points & 0x0F], axis=1)
             if bits == 4 and zero_points.shape[1] % 2:
                 zero_points = np.pad(zero_points, ((0, 0), (0, 1)), constant_values=8)
-            inputs.append(self._initializer(f"{name}/zero_points", _pack(zero_points, bits)))
+            packed_zeros = zero_points if bits == 8 else pack_nibbles(zero_points)
+            inputs.append(self._initializer(f"{name}/zero_points", packed_zeros))
         product = output if offsets is None else f"{name}/product"
         self._node(
             "MatMulNBits",
@@ -371,13 +372,6 @@ def _reads_lm_head(gather: Any, producer: dict[str, Any], graph: Any) -> bool:
     reshape = producer.get(gather.input[0])
     lm_head = next((node for node in graph.node if node.name.startswith("/lm_head/")), None)
     return reshape is not None and lm_head is not None and reshape.input[0] == lm_head.input[1]
-
-
-def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
-    """MatMulNBits packing: at 4 bits two codes a byte, the first in the low nibble."""
-    if bits == 8:
-        return codes
-    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
 
 
 def _drop_unused(graph: Any) -> None:

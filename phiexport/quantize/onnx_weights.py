@@ -130,10 +130,10 @@ def pack_matmul_nbits(weight: QuantizedWeight) -> tuple[np.ndarray, np.ndarray, 
     padded[:, :width] = codes
     zero_points = weight.zero_points.numpy().astype(np.uint8)
     if grid.bits == 4:
-        packed = _pack_nibbles(padded).reshape(rows, blocks, grid.block_size // 2)
+        packed = pack_nibbles(padded).reshape(rows, blocks, grid.block_size // 2)
         if blocks % 2:
             zero_points = np.concatenate([zero_points, np.full((rows, 1), grid.symmetric_zero, np.uint8)], axis=1)
-        zero_points = _pack_nibbles(zero_points)
+        zero_points = pack_nibbles(zero_points)
     else:
         packed = padded.reshape(rows, blocks, grid.block_size)
     return packed, weight.scales.numpy().astype(np.float32), zero_points
@@ -192,7 +192,8 @@ def _dequantize_nbits(node: Any, initializers: dict[str, Any], attrs: dict[str, 
     return ((codes.astype(np.float32) - zeros[:, expand]) * scales[:, expand])[:, :width]
 
 
-def _pack_nibbles(codes: np.ndarray) -> np.ndarray:
+def pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    """MatMulNBits' 4-bit packing along rows: two codes a byte, the first in the low nibble."""
     return (codes[:, 0::2] & 0x0F) | ((codes[:, 1::2] & 0x0F) << 4)
 
 
