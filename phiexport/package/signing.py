@@ -3,10 +3,8 @@ signature covers the whole package.
 
 Keys are PEM files as `openssl genpkey -algorithm ed25519` writes them (or `phiexport keygen`); a CI job passes the
 private key's PEM text in $PHIEXPORT_SIGNING_KEY and the public key's in $PHIEXPORT_PUBLIC_KEY instead of files.
-
-    >>> key = load_private_key(Path("release.pem"))                                       # doctest: +SKIP
-    >>> sign_package(Path("packages/phi-4-mini-instruct/npu"), key)["key_id"]             # doctest: +SKIP
-    '3f9c0e41d2a7b865'
+`sign_package(package_dir, load_private_key(pem_path))` signs one package and returns the signature record, whose
+`key_id` names the key.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """The float checkpoint the genai builder exports: the source itself, or a copy rotated and/or calibrated-quantized
 as the recipe asks (weights replaced by their dequantized values; the integer codes are returned beside it).
-
-    >>> prepared, calibrated = prepare_checkpoint(checkpoint, scratch / "prepared", recipe)   # doctest: +SKIP
+`prepare_checkpoint(checkpoint, output, recipe)` returns that checkpoint and the codes (None without calibration).
 """
 
 from __future__ import annotations

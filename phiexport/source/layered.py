@@ -4,9 +4,8 @@ Phi-4-mini in fp32 is 15 GB. Here the model is a skeleton on the meta device; a 
 weights from the memory-mapped checkpoint when asked for and emptied again when released. The embedding reads only
 the rows it needs and the vocabulary matrices are read in row ranges. With a rotation seed, every piece comes out
 rotated as `quantize/rotation.py` rotates a whole model, so the layers compute the rotated model's numbers.
-
-    >>> source = LayeredModel(checkpoint_dir, rotation_seed=0)          # doctest: +SKIP
-    >>> layer = source.layer(0); ...; source.release(layer)             # doctest: +SKIP
+Open a checkpoint directory with `LayeredModel(directory, rotation_seed=...)`, take decoder layer i with
+`source.layer(i)` and hand it back with `source.release(layer)` before taking the next.
 """
 
 from __future__ import annotations

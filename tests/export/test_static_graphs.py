@@ -58,16 +58,33 @@ def test_fp32_pipeline_matches_torch(architecture: str, miniature_dirs: dict[str
     assert error < 1e-4, f"{architecture}: max logit error {error:.2e}"
 
 
-def test_long_rope_positions_use_long_factors(phi_pipeline: tuple[torch.nn.Module, StaticPipeline]) -> None:
-    """Past original_max_position_embeddings (64) each position keeps its long-factor rotation: the pipeline matches
-    torch run with the same per-position tables over 2 prefill chunks and 20 decode steps, and the tables do differ
-    from the short factors there (a runtime that drops the long factors would fail)."""
+def test_long_rope_positions_use_long_factors(
+    phi_pipeline: tuple[torch.nn.Module, StaticPipeline], mini_phi4: Path
+) -> None:
+    """Positions below original_max_position_embeddings (64) get transformers' own rotation of a 64-token sequence
+    (short factors), later ones that of a longer sequence (long factors, which transformers gives every position once
+    the sequence passes 64); position 64 also by hand from config.json. With these tables the pipeline matches torch
+    over 2 prefill chunks and 20 decode steps past the original context."""
     model, pipeline = phi_pipeline
+    config = json.loads((mini_phi4 / "config.json").read_text())
+    original = config["original_max_position_embeddings"]
     tables = rotary_tables(model, CONTEXT)
-    cos = tables[0]
-    short = _short_table(model, 100)
-    assert torch.allclose(cos[:64], short[:64], atol=1e-6)
-    assert (cos[64:100] - short[64:]).abs().max() > 0.1
+    probe = torch.zeros(1)
+    short = model.model.rotary_emb(probe, torch.arange(original)[None, :])
+    long = model.model.rotary_emb(probe, torch.arange(CONTEXT)[None, :])
+    for table, short_table, long_table in zip(tables, short, long, strict=True):
+        assert torch.equal(table[:original], short_table[0]), f"positions below {original}: not the short table"
+        assert torch.equal(table[original:], long_table[0, original:]), f"positions from {original}: not the long table"
+    assert (long[0][0, original - 1] - short[0][0, original - 1]).abs().max() > 0.1  # a shifted switch shows
+
+    # inv_freq_i = 1 / (long_factor_i · θ^(2i/R)), scaled by sqrt(1 + ln(2048/64) / ln 64) = sqrt(11/6)
+    rotary_dim = int(config["head_dim"] * config["partial_rotary_factor"])
+    exponents = np.arange(0, rotary_dim, 2) / rotary_dim
+    inv_freq = 1 / (np.array(config["rope_scaling"]["long_factor"]) * config["rope_theta"] ** exponents)
+    scaling = np.sqrt(1 + np.log(config["max_position_embeddings"] / original) / np.log(original))
+    angles = np.tile(original * inv_freq, 2)
+    assert np.allclose(tables[0][original].numpy(), np.cos(angles) * scaling, atol=1e-5)
+    assert np.allclose(tables[1][original].numpy(), np.sin(angles) * scaling, atol=1e-5)
 
     ids = np.random.default_rng(2).integers(0, 2000, 150).tolist()
     got = _incremental_logits(pipeline, ids, prompt=130)
@@ -79,13 +96,6 @@ def test_long_rope_positions_use_long_factors(phi_pipeline: tuple[torch.nn.Modul
         model.model.rotary_emb.forward = original_forward
     error = np.abs(got - expected).max()
     assert error < 1e-4, f"max logit error {error:.2e} past the original context"
-
-
-def _short_table(model: torch.nn.Module, positions: int) -> torch.Tensor:
-    """cos with the short factors at every position (what a runtime dropping the long factors would use)."""
-    rotary = model.model.rotary_emb
-    freqs = torch.arange(positions)[:, None].float() * rotary.original_inv_freq[None, :]
-    return torch.cat([freqs, freqs], dim=-1).cos() * rotary.attention_scaling
 
 
 def test_prompts_of_any_length(phi_pipeline: tuple[torch.nn.Module, StaticPipeline]) -> None:

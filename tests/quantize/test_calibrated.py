@@ -8,7 +8,7 @@ import torch
 from phiexport.evaluate.data import calibration_sequences
 from phiexport.evaluate.metrics import kl_divergence, log_softmax
 from phiexport.quantize.calibrated import calibrate_weights, choose_int8, measure_sensitivity, quantization_units
-from phiexport.quantize.grid import BlockGrid, quantize_rtn
+from phiexport.quantize.grid import BlockGrid
 from phiexport.recipe import QuantizationConfig
 
 
@@ -79,19 +79,33 @@ def test_sensitivity_is_the_kl_of_the_whole_model_with_one_unit_rounded(phi4_set
     directory, _, held_out, reference = phi4_setup
     model, _ = load(directory)
     units = quantization_units(model)
-    grid = BlockGrid(4, 32, symmetric=True)
-    measured = measure_sensitivity(model, units, grid, held_out)
+    measured = measure_sensitivity(model, units, BlockGrid(4, 32, symmetric=True), held_out)
     for unit in (units[0], units[-1]):  # the first layer's q/k/v and the last layer's down projection
         trial, _ = load(directory)
         with torch.inference_mode():
             for name in unit:
                 linear = trial.get_submodule(name)
-                linear.weight.copy_(quantize_rtn(linear.weight, grid).dequantize())
-        with torch.inference_mode():
-            outputs = [trial(torch.tensor([ids])).logits[0].numpy() for ids in held_out]
-        per_token = [kl_divergence(log_softmax(r), log_softmax(o)) for r, o in zip(reference, outputs, strict=True)]
-        assert measured[unit] == pytest.approx(float(np.concatenate(per_token).mean()), rel=1e-4)
+                linear.weight.copy_(_round_int4_blocks_of_32(linear.weight))
+            outputs = [trial(torch.tensor([ids])).logits[0] for ids in held_out]
+        per_token = [  # KL(reference ‖ trial) of each held-out token
+            torch.nn.functional.kl_div(
+                torch.log_softmax(o, dim=-1),
+                torch.log_softmax(torch.from_numpy(r), dim=-1),
+                reduction="none",
+                log_target=True,
+            ).sum(dim=-1)
+            for r, o in zip(reference, outputs, strict=True)
+        ]
+        assert measured[unit] == pytest.approx(float(torch.cat(per_token).mean()), rel=1e-4)
     assert all(value > 0 for value in measured.values())
+
+
+def _round_int4_blocks_of_32(weight: torch.Tensor) -> torch.Tensor:
+    """Symmetric int4 by hand: per block of 32 inputs scale = absmax / 7, codes round(w / scale) + 8 in 0 … 15."""
+    blocks = weight.reshape(weight.shape[0], -1, 32)
+    scale = blocks.abs().amax(dim=-1, keepdim=True) / 7
+    codes = (torch.round(blocks / scale) + 8).clamp(0, 15)
+    return ((codes - 8) * scale).reshape(weight.shape)
 
 
 def test_choose_int8_skips_a_unit_that_does_not_fit_and_takes_a_smaller_one():
