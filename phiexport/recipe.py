@@ -173,6 +173,11 @@ class NpuConfig(_Strict):
     decode_samples: int = Field(2, ge=0, le=64, description="Decode-graph calibration points per conversation")
     lm_head_bits: Literal[4, 8] = Field(8, description="Bits of the CPU-side LM head (block 32)")
     simulator_decode_tokens: int = Field(4, ge=0, le=256, description="Decode steps of the build's HTP simulator check")
+    simulator_binaries: bool = Field(
+        False,
+        description="Also ship each body compiled on its own for the first SoC (<soc>/simulator/): the x86 HTP "
+        "simulator runs those, not the weight-sharing pair",
+    )
 
     @field_validator("socs")
     @classmethod

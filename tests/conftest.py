@@ -3,17 +3,61 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.miniatures import MINIATURES, make_phi4_mini
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+# Test modules sharing one costly fixture run on one xdist worker, in one piece. (pytest-xdist's xdist_group marks do
+# not reach its scheduler under pytest 9: it renames items through `_nodeid`, which pytest 9 no longer reads.)
+SHARED_FIXTURE_GROUPS = {
+    "tests/test_build_smollm2.py": "smollm2",  # the README's build
+    "tests/targets/test_npu_build.py": "mini-npu",  # with the next: mini_gptq_build
+    "tests/test_reproducible.py": "mini-npu",
+    "tests/quantize/test_calibrated_build.py": "calibrated-build",
+    "tests/evaluate/test_eval.py": "eval-packages",
+    "tests/package/test_signing.py": "signing",
+}
+HEAVIEST_FIRST = ("smollm2", "tests/test_notebook.py")  # by measured cost, the longest first
+
+
+def _work_unit(nodeid: str) -> str:
+    module = nodeid.split("::")[0]
+    return SHARED_FIXTURE_GROUPS.get(module, module if module in HEAVIEST_FIRST else nodeid)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """One work unit per test, except a SHARED_FIXTURE_GROUPS group, which one worker runs whole."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _work_unit(nodeid)
+
+    return SharedFixtureScheduling(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest work first, so the two xdist workers end together: the SmolLM2 build's group, the notebook, the other
+    slow tests, then the rest (a stable sort: collection order within each rank)."""
+
+    def rank(item: pytest.Item) -> int:
+        unit = _work_unit(item.nodeid)
+        if unit in HEAVIEST_FIRST:
+            return HEAVIEST_FIRST.index(unit)
+        return len(HEAVIEST_FIRST) + (item.get_closest_marker("slow") is None)
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -69,6 +113,26 @@ def smollm2_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_checkpoint(smollm2_gguf: Path, isolated_environment: Path) -> Any:
+    """The embedded GGUF dequantized to fp32 once, in the session's phiexport cache, where every build finds it."""
+    from phiexport.pipeline import cache_root
+    from phiexport.recipe import SourceConfig
+    from phiexport.source import resolve_source
+
+    return resolve_source(SourceConfig(model=str(smollm2_gguf)), cache_root())
+
+
+@pytest.fixture(scope="session")
+def smollm2_build(smollm2_checkpoint: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The README's first command, `phiexport build`, run once: (the CPU package, the --json summary); the NPU
+    package is its sibling."""
+    output = tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct"
+    result = run_cli("build", "-o", str(output), "--json", timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output / "cpu", json.loads(result.stdout)
+
+
+@pytest.fixture(scope="session")
 def miniature_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One miniature checkpoint per supported architecture, keyed by model_type."""
     return {name: make(tmp_path_factory.mktemp(f"mini-{name}")) for name, make in MINIATURES.items()}
@@ -82,3 +146,27 @@ def mini_phi4(miniature_dirs: dict[str, Path]) -> Path:
 @pytest.fixture(scope="session")
 def mini_phi4_transformers5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_phi4_mini(tmp_path_factory.mktemp("mini-phi3-t5"), transformers5_rope_keys=True)
+
+
+# The calibrated build most tests share: GPTQ weights, CPU and NPU packages, the NPU bodies also compiled on their own.
+MINI_GPTQ_BUILD = ("--target", "cpu", "--target", "npu", "--quant", "gptq", "--calibration-sequences", "4")
+MINI_GPTQ_BUILD += ("--context-length", "256", "--eval-sequences", "2", "--simulator-binaries")
+
+
+def build_mini_gptq(mini_phi4: Path, root: Path, name: str) -> Path:
+    """`phiexport build` of the miniature Phi-4-mini with MINI_GPTQ_BUILD into `root/name/out` (scratch in `root`)."""
+    output = root / name / "out"
+    result = run_cli("build", str(mini_phi4), *MINI_GPTQ_BUILD, "-o", str(output), env={"TMPDIR": str(root)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+@pytest.fixture(scope="session")
+def mini_gptq_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mini-gptq")
+
+
+@pytest.fixture(scope="session")
+def mini_gptq_build(mini_phi4: Path, mini_gptq_root: Path) -> Path:
+    """Build output with `cpu/` and `npu/` (GPTQ int4, context 256, simulator binaries)."""
+    return build_mini_gptq(mini_phi4, mini_gptq_root, "first")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import build_mini_gptq
 
 
 def tree_digest(output: Path) -> tuple[str, dict[str, str]]:
@@ -20,18 +20,12 @@ def tree_digest(output: Path) -> tuple[str, dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_two_builds_of_one_recipe_are_byte_identical(mini_phi4, tmp_path):
+def test_two_builds_of_one_recipe_are_byte_identical(mini_phi4, mini_gptq_root, mini_gptq_build):
     """GPTQ calibration, the NPU's activation calibration, QDQ, the HTP compile and the check all run twice, in two
     processes writing to different output folders."""
-    args = ("--target", "cpu", "--target", "npu", "--quant", "gptq", "--calibration-sequences", "4")
-    args += ("--context-length", "128", "--eval-sequences", "2")
-    outputs = []
-    for run in ("first", "second"):
-        output = tmp_path / run / "out"
-        result = run_cli("build", str(mini_phi4), *args, "-o", str(output), env={"TMPDIR": str(tmp_path)})
-        assert result.returncode == 0, result.stderr
-        outputs.append(output)
-    (first, first_files), (second, second_files) = (tree_digest(output) for output in outputs)
+    (first, first_files), (second, second_files) = (
+        tree_digest(output) for output in (mini_gptq_build, build_mini_gptq(mini_phi4, mini_gptq_root, "second"))
+    )
     differing = sorted(
         name for name in first_files.keys() | second_files.keys() if first_files.get(name) != second_files.get(name)
     )

@@ -37,6 +37,13 @@ def build(
     ] = None,
     context_length: Annotated[int | None, typer.Option(help="npu: KV cache slots (longest sequence).")] = None,
     chunk: Annotated[int | None, typer.Option(help="npu: prompt tokens per prefill step.")] = None,
+    simulator_binaries: Annotated[
+        bool,
+        typer.Option(
+            "--simulator-binaries",
+            help="npu: also ship each body compiled on its own (<soc>/simulator/), which the x86 HTP simulator runs.",
+        ),
+    ] = False,
     precision: Annotated[str | None, typer.Option(help="Weights: int4, int8, fp32 (cpu) or fp16 (dml).")] = None,
     quant: Annotated[str | None, typer.Option(help="Weight method: rtn, k_quant, or calibrated gptq or awq.")] = None,
     mixed: Annotated[
@@ -129,6 +136,7 @@ def build(
                 "--soc": ("npu.socs", tuple(soc) if soc else None),
                 "--context-length": ("npu.context_length", context_length),
                 "--chunk": ("npu.chunk", chunk),
+                "--simulator-binaries": ("npu.simulator_binaries", simulator_binaries or None),
                 "--target": ("targets", tuple(target) if target else None),
             }
         )

@@ -87,6 +87,13 @@ def _run_section(name: str, weights: dict[str, Any]) -> str:
     socs = ", ".join(
         f"`{soc}/` ({c['chip']}, soc_model {c['soc_model']}, v{c['htp_arch']})" for soc, c in contexts.items()
     )
+    first, context = next(iter(contexts.items()))
+    simulator = (
+        f"""`--device htp-sim` runs the bodies compiled on their own in `{first}/simulator/` on
+Qualcomm's HTP simulator, every node on the HTP. """
+        if "simulator" in context
+        else ""
+    )
     return f"""## What is inside
 
 - `embeddings.onnx` (token embedding {weights["embeddings"]}, rotary tables) and `lm_head.onnx` ({weights["lm_head"]})
@@ -96,7 +103,7 @@ def _run_section(name: str, weights: dict[str, Any]) -> str:
 
 ## Run it
 
-`phiexport run {name} "What is 7 * 6?" --device htp-sim` runs the bodies on Qualcomm's HTP simulator (every node on
-the HTP), `--device cpu` the same QDQ graphs on the CPU. On a Snapdragon device, open `<soc>/body_*_ctx.onnx` with
-onnxruntime-qnn; `genai_config.json` describes the pipeline in onnxruntime-genai's decoder-pipeline form.
+`phiexport run {name} "What is 7 * 6?" --device cpu` runs the QDQ bodies on the CPU EP. {simulator}On a Snapdragon
+device, open `<soc>/body_*_ctx.onnx` with onnxruntime-qnn; `genai_config.json` describes the pipeline in
+onnxruntime-genai's decoder-pipeline form.
 """

@@ -5,19 +5,19 @@ shows it those slots plus its own causal chunk and hides the rest, and returns o
 writes into the next slots. A prompt is cut into chunks of the prefill size; the last chunk is padded and the pad
 rows are computed and thrown away (their K/V never enter the cache), so prompts of any length run, a single token too.
 
-    >>> pipeline = StaticPipeline.from_graphs(graphs, layout, device="cpu")     # doctest: +SKIP
-    >>> pipeline.generate(prompt_ids, new_tokens=32, stop_ids={2})            # doctest: +SKIP
+Build a runner with `StaticPipeline.from_graphs(graphs, layout)` on the paths `export_static_graphs` wrote, then call
+`generate(prompt_ids, new_tokens, stop_ids)` for greedy tokens or `logits(token_ids)` for teacher-forced logits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from phiexport.errors import BuildError
+from phiexport.errors import BuildError, UsageError
 from phiexport.export.static_graphs import MASKED, StaticLayout, body_input_names
 
 PAD_TOKEN = 0  # any id works: pad rows are masked from the real ones and discarded
@@ -35,19 +35,9 @@ class StaticPipeline:
         self._input_names = body_input_names(layout)
 
     @classmethod
-    def from_graphs(
-        cls,
-        graphs: dict[str, Path],
-        layout: StaticLayout,
-        *,
-        body_session: Callable[[Path], Any] | None = None,
-    ) -> StaticPipeline:
-        """Sessions for `graphs` (embeddings, prefill, decode, lm_head); the CPU EP unless `body_session` is given."""
-        sessions = {name: cpu_session(path) for name, path in graphs.items() if name in ("embeddings", "lm_head")}
-        open_body = body_session or cpu_session
-        sessions["prefill"] = open_body(graphs["prefill"])
-        sessions["decode"] = open_body(graphs["decode"])
-        return cls(sessions, layout)
+    def from_graphs(cls, graphs: dict[str, Path], layout: StaticLayout) -> StaticPipeline:
+        """Sessions on the CPU EP for `graphs` (embeddings, prefill, decode, lm_head)."""
+        return cls({name: cpu_session(path) for name, path in graphs.items()}, layout)
 
     def reset(self) -> None:
         self.filled = 0
@@ -137,15 +127,14 @@ DEVICES = ("cpu", "htp-sim")
 class StaticPackageRunner:
     """An NPU package opened for scoring and generation, with the interface of the CPU package runner.
 
-    `cpu` runs the QDQ body graphs on the CPU execution provider. `htp-sim` compiles the same graphs at load for the
-    package's first SoC and runs them on the HTP simulator with CPU fallback disabled; the shipped weight-sharing
-    context binaries themselves load only on an ARM device (docs/npu.md).
+    `cpu` runs the QDQ body graphs on the CPU execution provider. `htp-sim` runs the context binaries the build
+    compiled on its own for the package's first SoC (`<soc>/simulator/`, shipped with `--simulator-binaries`) on the
+    HTP simulator with CPU fallback disabled; the weight-sharing pair a device loads cannot load on x86 (docs/npu.md).
     """
 
     def __init__(self, package_dir: Path, device: str = "cpu"):
         import json
 
-        from phiexport.targets.htp import htp_session, soc
         from phiexport.targets.npu import PIPELINE_FILE
 
         if device not in DEVICES:
@@ -153,11 +142,11 @@ class StaticPackageRunner:
         description = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))
         layout = StaticLayout(**description["layout"])
         graphs = {name: package_dir / file for name, file in description["graphs"].items()}
-        body_session = None
         if device == "htp-sim":
-            target = soc(next(iter(description["contexts"])))
-            body_session = lambda path: htp_session(path, target)  # noqa: E731
-        self.pipeline = StaticPipeline.from_graphs(graphs, layout, body_session=body_session)
+            sessions = {name: cpu_session(graphs[name]) for name in ("embeddings", "lm_head")}
+            self.pipeline = StaticPipeline(sessions | simulator_sessions(package_dir, description["contexts"]), layout)
+        else:
+            self.pipeline = StaticPipeline.from_graphs(graphs, layout)
         self.stop_ids = package_stop_ids(package_dir)
 
     def logits(self, token_ids: list[int]) -> np.ndarray:
@@ -166,6 +155,21 @@ class StaticPackageRunner:
 
     def greedy(self, prompt_ids: list[int], new_tokens: int) -> list[int]:
         return self.pipeline.generate(prompt_ids, new_tokens, self.stop_ids)
+
+
+def simulator_sessions(package_dir: Path, contexts: dict[str, Any]) -> dict[str, Any]:
+    """HTP simulator sessions on the separately compiled body binaries of the package's first SoC."""
+    from phiexport.targets.htp import htp_session, soc
+
+    soc_name, context = next(iter(contexts.items()))
+    if "simulator" not in context:
+        raise UsageError(
+            f"{package_dir} ships no simulator binaries ({soc_name}/simulator/), and the x86 HTP simulator cannot "
+            "load its weight-sharing pair",
+            "rebuild it with --simulator-binaries (recipe: npu.simulator_binaries: true), or run it with --device cpu",
+        )
+    target = soc(soc_name)
+    return {kind: htp_session(package_dir / path, target) for kind, path in context["simulator"].items()}
 
 
 def package_stop_ids(package_dir: Path) -> set[int]:

@@ -1,9 +1,8 @@
 """Qualcomm Hexagon NPU (HTP) through onnxruntime-qnn: SoC presets, sessions, offline context-binary compilation.
 
 On x86 the same libQnnHtp runs graphs on Qualcomm's HTP simulator, so everything here runs in CI; timings from it
-rank ops but say nothing about device latency.
-
-    >>> compile_context_binary(Path("body_qdq.onnx"), Path("body_ctx.onnx"), soc("x-elite"))  # doctest: +SKIP
+rank ops but say nothing about device latency. `compile_context_binary(qdq_model, context_model, soc("x-elite"))`
+writes a QDQ graph's offline-compiled context binary for that SoC.
 """
 
 from __future__ import annotations
@@ -58,6 +57,7 @@ def soc(name: str) -> Soc:
     return found
 
 
+HTP_PROVIDER = "QNNExecutionProvider"
 _registered: list[bool] = [False]
 
 
@@ -68,7 +68,7 @@ def _qnn_devices() -> list[Any]:
     if not _registered[0]:
         ort.register_execution_provider_library(onnxruntime_qnn.get_ep_name(), onnxruntime_qnn.get_library_path())
         _registered[0] = True
-    return [device for device in ort.get_ep_devices() if device.ep_name == "QNNExecutionProvider"]
+    return [device for device in ort.get_ep_devices() if device.ep_name == HTP_PROVIDER]
 
 
 def htp_session_options(
@@ -104,15 +104,38 @@ def htp_session_options(
     return options
 
 
-def htp_session(model_path: Path, target: Soc) -> Any:
+def htp_session(model_path: Path, target: Soc, *, profile_prefix: Path | None = None) -> Any:
     """An InferenceSession running `model_path` (a QDQ graph or a compiled `*_ctx.onnx`) entirely on the HTP.
 
-    The QNN libraries print banners on the process's stdout, which would corrupt `--json`: they go to /dev/null.
+    With `profile_prefix`, onnxruntime profiles every node run (`node_providers` reads it back). The QNN libraries
+    print banners on the process's stdout, which would corrupt `--json`: they go to /dev/null.
     """
     import onnxruntime as ort
 
+    options = htp_session_options(target)
+    if profile_prefix is not None:
+        profile_prefix.parent.mkdir(parents=True, exist_ok=True)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     with output_to_log(Path(os.devnull)):
-        return ort.InferenceSession(str(model_path), sess_options=htp_session_options(target))
+        return ort.InferenceSession(str(model_path), sess_options=options)
+
+
+def node_providers(session: Any) -> dict[str, int]:
+    """How many nodes ran on each execution provider, read from the profile of a session created with
+    `profile_prefix` (ends its profiling). A graph compiled whole into a context binary shows one QNN node."""
+    import json
+
+    events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
+    nodes = {
+        (event["name"], event["args"]["provider"])
+        for event in events
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time")  # one per node run
+    }
+    counts: dict[str, int] = {}
+    for _name, provider in nodes:
+        counts[provider] = counts.get(provider, 0) + 1
+    return counts
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from phiexport.progress import StageProgress
 from phiexport.recipe import Recipe
 from phiexport.source import Checkpoint
 from phiexport.targets import Target, register_target
+from phiexport.targets.htp import HTP_PROVIDER
 
 if TYPE_CHECKING:
     from phiexport.quantize.calibrated import CalibratedWeights
@@ -43,6 +44,7 @@ NPU = register_target(
 )
 PIPELINE_FILE = "npu_pipeline.json"
 PIPELINE_SCHEMA = "phiexport.npu-pipeline/1"
+SIMULATOR_DIR = "simulator"  # <soc>/simulator/: each body compiled on its own, what the x86 simulator loads
 GRAPH_FILES = {
     "embeddings": "embeddings.onnx",
     "prefill": "body_prefill.onnx",
@@ -111,15 +113,21 @@ def build_npu_package(
 
     contexts: dict[str, Any] = {}
     separate: dict[str, dict[str, Path]] = {}
-    for soc_name in npu.socs:
+    for index, soc_name in enumerate(npu.socs):
+        shipped = npu.simulator_binaries and index == 0
+        separate_dir = package_dir / soc_name / SIMULATOR_DIR if shipped else scratch / f"separate-{soc_name}"
         with progress.stage(f"npu compile {soc_name}", "HTP context binaries, weights shared"):
-            contexts[soc_name], separate[soc_name] = compile_for_soc(
-                graphs, package_dir, scratch / f"separate-{soc_name}", soc_name
-            )
+            contexts[soc_name], separate[soc_name] = compile_for_soc(graphs, package_dir, separate_dir, soc_name)
     first = npu.socs[0]
     with progress.stage("npu simulator", f"{npu.simulator_decode_tokens} decode tokens on the HTP simulator"):
         simulator = simulator_check(
-            graphs, separate[first], layout, activations.sequences[0], first, decode_tokens=npu.simulator_decode_tokens
+            graphs,
+            separate[first],
+            layout,
+            activations.sequences[0],
+            first,
+            decode_tokens=npu.simulator_decode_tokens,
+            profiles=scratch / "simulator-profiles",
         )
 
     write_pipeline_files(package_dir, recipe, checkpoint, layout, contexts)
@@ -241,10 +249,11 @@ def torch_ids(ids: list[int]) -> Any:
 
 
 def compile_for_soc(
-    graphs: dict[str, Path], package_dir: Path, scratch: Path, soc_name: str
+    graphs: dict[str, Path], package_dir: Path, separate_dir: Path, soc_name: str
 ) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Shared context binaries into `package_dir/<soc>/`, and each body compiled on its own into `scratch`: that
-    measures the sharing, and unlike the shared binary (docs/npu.md) those binaries load on the x86 simulator.
+    """Shared context binaries into `package_dir/<soc>/`, and each body compiled on its own into `separate_dir`: that
+    measures the sharing, and unlike the shared binary (docs/npu.md) those binaries load on the x86 simulator. When
+    `separate_dir` lies inside the package, the manifest record names them under `simulator`.
 
     Returns the manifest record and the separately compiled `*_ctx.onnx` per body.
     """
@@ -258,13 +267,14 @@ def compile_for_soc(
         raise BuildError(
             f"the body graphs do not compile for the HTP ({soc_name}): {exc}", "report this model"
         ) from exc
-    scratch.mkdir(parents=True, exist_ok=True)
+    separate_dir.mkdir(parents=True, exist_ok=True)
     separate = {
-        kind: compile_context_binary(body, scratch / f"{body.stem}_ctx.onnx", target) for kind, body in bodies.items()
+        kind: compile_context_binary(body, separate_dir / f"{body.stem}_ctx.onnx", target)
+        for kind, body in bodies.items()
     }
-    separate_bytes = sum(item.stat().st_size for item in scratch.glob("*.bin"))
+    separate_bytes = sum(item.stat().st_size for item in separate_dir.glob("*.bin"))
     shared_bytes = sum(item.stat().st_size for item in (package_dir / soc_name).glob("*.bin"))
-    return {
+    record = {
         "soc_model": target.soc_model,
         "htp_arch": target.htp_arch,
         "chip": target.chip,
@@ -273,7 +283,10 @@ def compile_for_soc(
         "weight_sharing": True,
         "shared_bytes": shared_bytes,
         "separate_bytes": separate_bytes,
-    }, separate
+    }
+    if separate_dir.is_relative_to(package_dir):
+        record["simulator"] = {kind: str(path.relative_to(package_dir)) for kind, path in separate.items()}
+    return record, separate
 
 
 def simulator_check(
@@ -284,11 +297,14 @@ def simulator_check(
     soc_name: str,
     *,
     decode_tokens: int,
+    profiles: Path,
 ) -> dict[str, Any]:
     """Load the compiled body context binaries on the HTP simulator (CPU fallback disabled), run one prefill chunk and
-    `decode_tokens` decode steps, and compare the logits with the CPU EP running the QDQ graphs."""
+    `decode_tokens` decode steps, and compare the logits with the CPU EP running the QDQ graphs.
+
+    Where the body nodes ran is read back from onnxruntime's profile of those runs (written under `profiles`)."""
     from phiexport.runtime.static_pipeline import StaticPipeline, cpu_session
-    from phiexport.targets.htp import htp_session, soc
+    from phiexport.targets.htp import htp_session, node_providers, soc
 
     target = soc(soc_name)
     prompt, following = token_ids[: layout.chunk], token_ids[layout.chunk : layout.chunk + decode_tokens]
@@ -300,12 +316,16 @@ def simulator_check(
         {name: cpu_session(graphs[name]) for name in ("embeddings", "lm_head")} | {"prefill": None, "decode": None},
         layout,
     )
-    htp.sessions["prefill"] = htp_session(contexts["prefill"], target)
-    steps = [htp.logits(prompt)]
-    htp.sessions["prefill"] = None
-    if following:
-        htp.sessions["decode"] = htp_session(contexts["decode"], target)
-        steps += [htp.logits([token]) for token in following]
+    placement: dict[str, dict[str, int]] = {}
+    steps = []
+    for kind, tokens in (("prefill", [prompt]), ("decode", [[token] for token in following])):
+        if not tokens:
+            continue
+        session = htp_session(contexts[kind], target, profile_prefix=profiles / kind)
+        htp.sessions[kind] = session
+        steps += [htp.logits(chunk) for chunk in tokens]
+        placement[kind] = node_providers(session)
+        htp.sessions[kind] = None
     htp_logits = np.concatenate(steps)
     del htp
     scores = TokenScores()
@@ -315,7 +335,8 @@ def simulator_check(
         "soc": soc_name,
         "positions": len(htp_logits),
         "loaded": "context binaries compiled per body (the shared pair loads only on ARM)",
-        "every_body_node_on_htp": True,  # the sessions were created with CPU fallback disabled
+        "body_nodes": placement,
+        "every_body_node_on_htp": all(set(nodes) == {HTP_PROVIDER} for nodes in placement.values()),
         "kl_mean_vs_cpu_ep": agreement["kl_mean"],
         "top1_agreement_vs_cpu_ep": agreement["top1_agreement"],
     }

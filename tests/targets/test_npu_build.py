@@ -31,6 +31,7 @@ def npu_package(mini_phi4: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
         "256",
         "--eval-sequences",
         "12",
+        "--simulator-binaries",
         "-o",
         str(output),
         "--json",
@@ -50,7 +51,7 @@ def test_package_holds_shared_context_binaries_per_soc(npu_package: Path) -> Non
         assert (npu_package / context["prefill"]).is_file() and (npu_package / context["decode"]).is_file()
         binaries = list((npu_package / name).glob("*.bin"))
         assert len(binaries) == 1, "prefill and decode must share one context binary"
-        assert context["shared_bytes"] < 0.75 * context["separate_bytes"]
+        assert context["shared_bytes"] < 0.6 * context["separate_bytes"]  # measured 0.54 (4.9 of 9.0 MB)
     files = set(manifest["files"])
     assert {"embeddings.onnx", "body_prefill.onnx", "body_decode.onnx", "lm_head.onnx", "genai_config.json"} <= files
     genai = json.loads((npu_package / "genai_config.json").read_text())["model"]
@@ -65,9 +66,46 @@ def test_scored_sequences_fit_the_fixed_cache(npu_package: Path) -> None:
 
 
 def test_every_body_node_ran_on_the_simulator(npu_package: Path) -> None:
+    """Read back from onnxruntime's profile of the build's simulator runs: each body, compiled whole into its context
+    binary, ran as one QNN node (a node left to the CPU would show under its own provider)."""
     simulator = json.loads((npu_package / "manifest.json").read_text())["weights"]["simulator"]
+    assert simulator["body_nodes"] == {"prefill": {"QNNExecutionProvider": 1}, "decode": {"QNNExecutionProvider": 1}}
     assert simulator["every_body_node_on_htp"] is True
-    assert simulator["top1_agreement_vs_cpu_ep"] >= 0.8, simulator
+    # measured on the simulator against the CPU EP over the same QDQ graphs: KL 0.0014, top-1 85 %
+    assert simulator["kl_mean_vs_cpu_ep"] < 0.003 and simulator["top1_agreement_vs_cpu_ep"] >= 0.7, simulator
+    for kind, path in json.loads((npu_package / "npu_pipeline.json").read_text())["contexts"]["x-elite"][
+        "simulator"
+    ].items():
+        import onnx
+
+        assert [node.op_type for node in onnx.load(npu_package / path).graph.node] == ["EPContext"], kind
+
+
+def simulator_kl_vs_cpu_ep(package: Path) -> float:
+    """KL of the package's simulator binaries against its QDQ graphs on the CPU EP: a 64-token chunk, 8 decode steps."""
+    from phiexport.evaluate.metrics import TokenScores
+
+    ids = np.random.default_rng(0).integers(10, 2000, 73).tolist()
+    logits = []
+    for device in ("cpu", "htp-sim"):
+        runner = StaticPackageRunner(package, device)
+        logits.append(np.concatenate([runner.logits(ids[:64])] + [runner.pipeline.logits([t]) for t in ids[64:72]]))
+    scores = TokenScores()
+    scores.add(logits[0], logits[1], np.asarray(ids[1:]))
+    return scores.summary()["kl_mean"]
+
+
+def test_simulator_runs_the_binaries_the_build_compiled(npu_package: Path, mini_gptq_build: Path, tmp_path) -> None:
+    """`--device htp-sim` executes `<soc>/simulator/` as shipped: the package agrees with its own CPU EP (measured
+    KL 0.0009), and the same package with those binaries swapped for another build's (GPTQ instead of RTN weights, same
+    shapes) does not (measured 0.021)."""
+    import shutil
+
+    assert simulator_kl_vs_cpu_ep(npu_package) < 0.002
+    swapped = Path(shutil.copytree(npu_package, tmp_path / "npu"))
+    for binary in (mini_gptq_build / "npu" / "x-elite" / "simulator").iterdir():
+        shutil.copy2(binary, swapped / "x-elite" / "simulator" / binary.name)
+    assert simulator_kl_vs_cpu_ep(swapped) > 0.005
 
 
 def test_cpu_graphs_quantize_only_their_weights(npu_package: Path) -> None:
@@ -127,3 +165,16 @@ def test_run_generates_on_both_devices(npu_package: Path, device: str) -> None:
     result = run_cli("run", str(npu_package), "Hello", "--max-tokens", "3", "--device", device, "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["new_tokens"] >= 1
+
+
+def test_eval_scores_the_simulator_row_beside_the_cpu_ep(npu_package: Path, tmp_path: Path) -> None:
+    """`phiexport eval`'s two NPU rows on the same token streams: the shipped simulator binaries and the QDQ graphs on
+    the CPU EP, each against the torch reference."""
+    result = run_cli("eval", str(npu_package), "--sequences", "3", "--limit", "0", "-o", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {row["label"]: row for row in json.loads(result.stdout)["packages"]}
+    cpu, simulator = rows["npu-int4@cpu"]["metrics"], rows["npu-int4@htp-sim"]["metrics"]
+    assert rows["npu-int4@htp-sim"]["runs_on"] == "HTP simulator"
+    assert simulator["tokens"] == cpu["tokens"] > 100
+    assert cpu["kl_mean"] < 0.04 and simulator["kl_mean"] < 0.04
+    assert abs(simulator["kl_mean"] - cpu["kl_mean"]) < 0.5 * cpu["kl_mean"]
