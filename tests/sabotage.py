@@ -3,8 +3,9 @@
 from pathlib import Path
 
 
-def scramble_scales(model_path: Path, seed: int = 0) -> int:
-    """Sabotage a CPU package: shuffle the block scales of every MatMulNBits (the integers stay as they were)."""
+def scramble_scales(model_path: Path, seed: int = 0, weights: int | None = None) -> int:
+    """Sabotage a CPU package: shuffle the block scales of every MatMulNBits, or of the first `weights` scale tensors
+    in graph order (the integers stay as they were). Returns the MatMulNBits nodes whose scales were shuffled."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -20,6 +21,8 @@ def scramble_scales(model_path: Path, seed: int = 0) -> int:
             while name not in initializers:  # imported weights widen fp16 scales with a Cast (and Mul, Concat)
                 name = producers[name].input[0]
             if name not in done:
+                if weights is not None and len(done) == weights:
+                    break
                 scales = initializers[name]
                 values = numpy_helper.to_array(scales)
                 permuted = rng.permutation(values.ravel()).reshape(values.shape)

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from tests.conftest import assert_one_line_error, run_cli
 
 PAYLOAD_MARK = "payload-ran"
+SLOW_SOURCE = pytest.mark.slow  # the embedded GGUF is resolved (and first dequantized) before the option is refused
 
 
 @dataclass
@@ -203,9 +204,9 @@ BAD_INPUTS = [
                  ["--block-size: 48 is not a MatMulNBits block size", "fix: choose one of 16, 32, 64, 128, 256"],
                  id="block-size-48"),
     pytest.param(lambda b: ["-t", "cpu", "--quant", "k_quant", "--block-size", "64"], 2,
-                 ["even number of blocks", "width 576"], id="k-quant-odd-block-count"),
+                 ["even number of blocks", "width 576"], id="k-quant-odd-block-count", marks=SLOW_SOURCE),
     pytest.param(lambda b: ["--target", "npu", "--block-size", "64"], 2,
-                 ["even number of 64-wide blocks", "width 576"], id="npu-odd-block-count"),
+                 ["even number of 64-wide blocks", "width 576"], id="npu-odd-block-count", marks=SLOW_SOURCE),
     pytest.param(lambda b: ["--context-length", "100"], 2,
                  ["context_length 100 is not a multiple of chunk 64", "fix: choose a multiple of 64, e.g. 128"],
                  id="context-not-whole-chunks"),
@@ -214,7 +215,7 @@ BAD_INPUTS = [
     pytest.param(lambda b: ["--target", "tpu"], 2, ["unknown target 'tpu'"], id="unknown-target"),
     pytest.param(lambda b: ["-t", "cpu", "--rotate"], 2,
                  ["--rotate changes the weights, so the source's integers cannot be imported", "add --requantize"],
-                 id="gguf-import-with-rotation"),
+                 id="gguf-import-with-rotation", marks=SLOW_SOURCE),
     pytest.param(lambda b: ["--soc", "snapdragon-9000"], 2, ["unknown SoC 'snapdragon-9000'", "x-elite, x2-elite"],
                  id="unknown-soc"),
     pytest.param(lambda b: ["--context-length", "0"], 2,

@@ -16,14 +16,6 @@ from tests.sabotage import scramble_scales
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def smollm2_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    output = tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct"
-    result = run_cli("build", "-o", str(output), "--json", timeout=1800)
-    assert result.returncode == 0, result.stderr
-    return output / "cpu", json.loads(result.stdout)
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -66,18 +58,19 @@ def test_cpu_package_runs_on_onnxruntimes_thread_default(smollm2_build):
 
 
 def test_report_measures_the_package_against_the_reference(smollm2_build, smollm2_gguf):
-    """The issue's must-show: the imported package against the dequantized GGUF, KL ≤ 1e-4 and top-1 ≥ 99.5 %, in
-    at most 1.1 × the GGUF's size (measured: KL 8.6e-11, top-1 100 %, 102.8 MB for 98.4 MB)."""
+    """The imported package against the dequantized GGUF: measured KL 8.6e-11 (max 1.7e-9), top-1 100 %, 102.8 MB
+    for the 98.4 MB GGUF (1.045 ×). The KL bounds sit 10 × above: fp32 rounding that moves with the CPU's kernels,
+    where any integer or scale error is ≥ 1e-3."""
     package, summary = smollm2_build
     report = json.loads((package / "report.json").read_text())
     metrics = report["metrics"]
     assert report["schema"] == "phiexport.report/1"
     assert report["data"]["sequences"] == 32 and metrics["tokens"] > 3000
     assert 3.0 < metrics["ppl_reference"] < 6.0  # SmolLM2 on GSM8K answers, dequantized fp32
-    assert metrics["kl_mean"] <= 1e-4 and metrics["kl_max"] <= 1e-3
-    assert metrics["top1_agreement"] >= 0.995
-    assert abs(metrics["ppl_ratio"] - 1) < 1e-4
-    assert sum(path.stat().st_size for path in package.iterdir()) <= 1.1 * smollm2_gguf.stat().st_size
+    assert metrics["kl_mean"] <= 1e-9 and metrics["kl_max"] <= 2e-8
+    assert metrics["top1_agreement"] >= 0.999
+    assert abs(metrics["ppl_ratio"] - 1) < 1e-5
+    assert sum(path.stat().st_size for path in package.iterdir()) <= 1.07 * smollm2_gguf.stat().st_size
     assert len(report["greedy"]["prompts"]) == 3
     assert report["gates"] == {
         "limits": {"max_kl": 0.15, "min_top1": 0.8, "max_ppl_ratio": 1.15},
@@ -118,7 +111,6 @@ def test_run_streams_a_reply(smollm2_build):
     assert result.returncode == 0, result.stderr
     reply = json.loads(result.stdout)
     assert reply["new_tokens"] > 0 and reply["text"].strip()
-    assert reply["tokens_per_second"] > 1.0
 
 
 def test_inspect_reports_ops_sizes_and_accuracy(smollm2_build):
@@ -134,20 +126,6 @@ def test_inspect_reports_ops_sizes_and_accuracy(smollm2_build):
     assert summary["metrics"]["kl_mean"] == json.loads((package / "report.json").read_text())["metrics"]["kl_mean"]
     text = run_cli("inspect", str(package))
     assert "MatMulNBits 151" in text.stdout
-
-
-def test_requantize_rounds_the_dequantized_gguf_again(smollm2_gguf, tmp_path):
-    """`phiexport build model.gguf --requantize`: the old path, the builder's own int4 of the dequantized weights
-    (measured KL 0.33 for its RTN, the loss the import avoids)."""
-    output = tmp_path / "requantized"
-    gates = ("--max-kl", "5", "--min-top1", "0", "--max-ppl-ratio", "10")
-    args = ("build", str(smollm2_gguf), "-t", "cpu", "--requantize", "--quant", "rtn", "--eval-sequences", "4")
-    result = run_cli(*args, *gates, "-o", str(output), "--json", timeout=900)
-    assert result.returncode == 0, result.stderr[-2000:]
-    manifest = json.loads((output / "cpu" / "manifest.json").read_text())
-    assert "imported" not in manifest["weights"] and manifest["weights"]["method"] == "rtn"
-    assert manifest["recipe"]["quantization"]["requantize"] is True
-    assert json.loads(result.stdout)["metrics"]["cpu"]["kl_mean"] > 0.05
 
 
 def test_rebuilding_without_force_keeps_the_package(smollm2_build):
@@ -167,12 +145,16 @@ def test_npu_package_runs_on_the_htp_simulator_and_tracks_the_reference(smollm2_
     }
     context = manifest["weights"]["contexts"]["x-elite"]
     assert (context["soc_model"], context["htp_arch"]) == (60, 73)
-    assert context["shared_bytes"] < 0.6 * context["separate_bytes"]  # one copy of the body weights, not two
-    assert manifest["weights"]["simulator"]["every_body_node_on_htp"] is True
+    # one copy of the body weights, not two: measured 69.4 MB shared against 122.0 MB compiled separately
+    assert context["shared_bytes"] < 0.62 * context["separate_bytes"]
+    simulator = manifest["weights"]["simulator"]
+    assert simulator["body_nodes"] == {"prefill": {"QNNExecutionProvider": 1}, "decode": {"QNNExecutionProvider": 1}}
+    # the simulator against the CPU EP on the same QDQ bodies, a chunk and 4 decode steps: measured KL 0.064, top-1 84 %
+    assert simulator["kl_mean_vs_cpu_ep"] < 0.13 and simulator["top1_agreement_vs_cpu_ep"] >= 0.7
     metrics = report["metrics"]
     assert metrics["tokens"] > 3000
-    assert 0.02 < metrics["kl_mean"] < 0.15  # w4a16 with GPTQ weights measured 0.074 (with RTN: 0.43)
-    assert metrics["top1_agreement"] > 0.82
+    assert 0.04 < metrics["kl_mean"] < 0.15  # w4a16 with GPTQ weights measured 0.078 (with RTN: 0.43)
+    assert metrics["top1_agreement"] > 0.82  # measured 88.5 %
     # The reference leads every token of this answer by ≥ 0.78 nats; "capital of France" is won by 0.08 ("The"
     # over "L"), which any int4 rounding may flip, so it tests nothing about the simulator.
     result = run_cli(
@@ -183,33 +165,39 @@ def test_npu_package_runs_on_the_htp_simulator_and_tracks_the_reference(smollm2_
 
 
 def test_eval_rejects_a_sabotaged_package_with_exit_4_beside_the_good_ones(smollm2_build, tmp_path):
-    """The side-by-side card on the real model: CPU int4, the NPU on the CPU EP and on the HTP simulator, and a copy
-    of the CPU package with its scales shuffled, held to the bundled recipe's gates (KL ≤ 0.15, top-1 ≥ 0.8)."""
+    """The side-by-side card on the real model: CPU int4, the NPU on the CPU EP, and a copy of the CPU package with the
+    block scales of one weight shuffled (layer 0's q/k/v: measured KL 7.4, top-1 2.9 %), held to the bundled recipe's
+    gates (KL ≤ 0.15, top-1 ≥ 0.8). The NPU's simulator row is tested on the miniature (tests/targets)."""
     build_output = smollm2_build[0].parent
     sabotaged = tmp_path / "scrambled-scales" / "cpu"
     shutil.copytree(build_output / "cpu", sabotaged)
-    assert scramble_scales(sabotaged / "model.onnx") == 151  # every linear layer and the LM head
+    assert scramble_scales(sabotaged / "model.onnx", weights=1) == 1
     report_dir = tmp_path / "report"
     result = run_cli(
-        "eval", str(build_output), str(sabotaged), "--sequences", "4", "--limit", "2", "-o", str(report_dir)
+        "eval",
+        str(build_output),
+        str(sabotaged),
+        "--sequences",
+        "4",
+        "--limit",
+        "2",
+        "--new-tokens",
+        "64",
+        "--npu-device",
+        "cpu",
+        "-o",
+        str(report_dir),
     )
     assert result.returncode == 4, result.stderr[-2000:]
     gate_lines = [line for line in error_lines(result) if line.startswith("gate failed:")]
     assert gate_lines and all(line.endswith("(cpu-int4 (scrambled-scales))") for line in gate_lines)
     assert any(line.startswith("gate failed: kl_mean ") and " > 0.15 " in line for line in gate_lines)
-    assert error_lines(result)[-1].startswith("error: 1 of 4 packages failed their gates — fix: see ")
+    assert error_lines(result)[-1].startswith("error: 1 of 3 packages failed their gates — fix: see ")
 
     report = json.loads((report_dir / "report.json").read_text())
     rows = {row["label"]: row for row in report["packages"]}
-    assert set(rows) == {
-        "cpu-int4 (smollm2-135m-instruct)",
-        "npu-int4@cpu",
-        "npu-int4@htp-sim",
-        "cpu-int4 (scrambled-scales)",
-    }
+    assert set(rows) == {"cpu-int4 (smollm2-135m-instruct)", "npu-int4@cpu", "cpu-int4 (scrambled-scales)"}
     assert [label for label, row in rows.items() if not row["gates"]["passed"]] == ["cpu-int4 (scrambled-scales)"]
-    assert rows["cpu-int4 (scrambled-scales)"]["metrics"]["kl_mean"] > 1.0
-    assert rows["npu-int4@htp-sim"]["runs_on"] == "HTP simulator" and rows["npu-int4@htp-sim"]["task"] == {}
-    simulator, emulated = rows["npu-int4@htp-sim"]["metrics"], rows["npu-int4@cpu"]["metrics"]
-    assert simulator["tokens"] == emulated["tokens"] > 300 and simulator["top1_agreement"] > 0.8
-    assert rows["npu-int4@cpu"]["task"]["problems"] == 2
+    assert rows["cpu-int4 (scrambled-scales)"]["metrics"]["kl_mean"] > 3.0
+    assert rows["cpu-int4 (smollm2-135m-instruct)"]["metrics"]["kl_mean"] < 1e-9
+    assert rows["npu-int4@cpu"]["metrics"]["tokens"] > 300 and rows["npu-int4@cpu"]["task"]["problems"] == 2

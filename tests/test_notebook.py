@@ -1,7 +1,6 @@
 """notebooks/quickstart.ipynb: committed without outputs, and executed top to bottom it builds, runs and evaluates."""
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -57,7 +56,8 @@ def test_quickstart_executes_and_shows_real_results(tmp_path: Path, monkeypatch:
     report = json.loads((workdir / "report" / "report.json").read_text())
     (package,) = report["packages"]
     kl_mean = package["metrics"]["kl_mean"]
-    assert math.isfinite(kl_mean) and 0 < kl_mean < 1.0
+    # the GGUF's own integers in fp32: float rounding only (measured 8.8e-11), where any integer error is ≥ 1e-3
+    assert 0 < kl_mean < 1e-9
 
     images = [out for out in tagged(notebook, "plots").outputs if "image/png" in out.get("data", {})]
     assert len(images) == len(report["files"]["plots"]) == 2

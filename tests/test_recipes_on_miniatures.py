@@ -70,7 +70,8 @@ def test_recipe_builds_every_target_on_its_miniature(name, miniatures, tmp_path)
     for target, package in result.packages.items():
         report = json.loads((package / "report.json").read_text())
         assert json.loads((package / "manifest.json").read_text())["target"]["name"] == target
-        assert report["metrics"]["kl_mean"] < 1.0, target
+        # random-weight miniatures, int4 with the recipe's method: every cell measured ≤ 0.03
+        assert report["metrics"]["kl_mean"] < 0.06, target
         # the miniature is this recipe's model, made smaller: identity checked, sizes reported
         assert report["structure"]["differs"]["layers"] == 2
         stops = json.loads((package / "genai_config.json").read_text())["model"]["eos_token_id"]

@@ -14,6 +14,7 @@ from PIL import Image
 from tests.conftest import error_lines, run_cli
 from tests.sabotage import scramble_scales
 
+pytestmark = pytest.mark.slow  # two package builds, then an eval subprocess per test (12-56 s each)
 TASK = ("--sequences", "3", "--limit", "3", "--new-tokens", "24")
 
 
@@ -49,7 +50,7 @@ def test_an_fp32_package_scores_and_answers_exactly_as_its_reference(mini_packag
     assert fp32["task"]["greedy_identical"] == 1.0 and fp32["task"]["answer_agreement"] == 1.0
     assert fp32["task"]["accuracy"] == report["reference"]["task"]["accuracy"]
     assert fp32["task"]["new_tokens"] == report["reference"]["task"]["new_tokens"]
-    assert int4["metrics"]["kl_mean"] > 1e-4  # the int4 rounding is measured, not hidden
+    assert 1e-3 < int4["metrics"]["kl_mean"] < 0.03  # the int4 rounding is measured, not hidden (0.015)
     assert report["data"]["tokens"] == fp32["metrics"]["tokens"] == int4["metrics"]["tokens"] > 100
     assert report["passed"] and report["schema"] == "phiexport.eval/1"
     assert Path(report["report"]) == report_dir / "report.md" and Path(fp32["path"]) == mini_packages["fp32"]

@@ -40,6 +40,7 @@ def test_a_gate_on_an_unmeasured_metric_is_refused():
         check_gates(METRICS, GatesConfig(min_answer_agreement=0.9), "cpu-int4")
 
 
+@pytest.mark.slow
 def test_a_build_leaves_the_answer_gate_to_eval_which_applies_it(mini_phi4, tmp_path):
     recipe = tmp_path / "gated.yaml"
     recipe.write_text(
@@ -59,6 +60,7 @@ def test_a_build_leaves_the_answer_gate_to_eval_which_applies_it(mini_phi4, tmp_
     assert row["gates"]["limits"]["min_answer_agreement"] == 0.9 and row["task"]["problems"] == 2
 
 
+@pytest.mark.slow
 def test_a_build_over_its_gate_exits_4_and_is_withheld(mini_phi4, tmp_path):
     output = tmp_path / "packages"
     result = run_cli("build", str(mini_phi4), "-o", str(output), "--eval-sequences", "4", "--max-kl", "1e-9", "--json")

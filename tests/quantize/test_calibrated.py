@@ -61,6 +61,7 @@ def test_calibrated_methods_beat_rounding_and_are_reproducible(phi4_setup, metho
     assert all(torch.equal(first[name].codes, repeated.weights[name].codes) for name in first)
 
 
+@pytest.mark.slow
 def test_mixed_auto_promotes_the_most_sensitive_units_within_budget(mini_phi4):
     model, tokenizer = load(mini_phi4)
     calibration = calibration_sequences(tokenizer, 8, 96, seed=0)

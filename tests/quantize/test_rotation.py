@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from phiexport.quantize.prepare import prepare_checkpoint
-from phiexport.recipe import SourceConfig, parse_recipe
+from phiexport.recipe import parse_recipe
 from phiexport.source import resolve_source
 from tests.miniatures import MINIATURES
 
@@ -55,7 +55,7 @@ def test_rotation_changes_the_weights_and_resets_the_norms(mini_phi4, tmp_path):
 
 
 @pytest.mark.slow
-def test_rotated_smollm2_is_exact(smollm2_gguf, tmp_path, monkeypatch):
+def test_rotated_smollm2_is_exact(smollm2_checkpoint, monkeypatch):
     """fp32 cannot show it: the rotated model's fp32 logits differ by up to 1.5e-4 on SmolLM2's logit scale (~40),
     the size of fp32's own error there (the unrotated model in fp32 against fp64: up to 1.2e-4). In fp64 stock
     transformers still computes RMSNorm in fp32 (1.5e-5 apart); with the norm in fp64 the two agree to ~1e-13."""
@@ -67,7 +67,7 @@ def test_rotated_smollm2_is_exact(smollm2_gguf, tmp_path, monkeypatch):
 
     from phiexport.quantize.rotation import rotate_decoder
 
-    checkpoint = resolve_source(SourceConfig(model=str(smollm2_gguf)), tmp_path / "cache")
+    checkpoint = smollm2_checkpoint
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
     problem = json.loads((Path(__file__).parents[2] / "evaluation" / "gsm8k_test.jsonl").open().readline())
     token_ids = torch.tensor([tokenizer(problem["question"] + " " + problem["answer"])["input_ids"]])
