@@ -21,14 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 # Test modules sharing one costly fixture run on one xdist worker, in one piece. (pytest-xdist's xdist_group marks do
 # not reach its scheduler under pytest 9: it renames items through `_nodeid`, which pytest 9 no longer reads.)
 SHARED_FIXTURE_GROUPS = {
-    "tests/test_build_smollm2.py": "smollm2",  # the README's build
+    "tests/test_build_smollm2.py": "smollm2",  # the README's build, CPU package
+    "tests/targets/test_npu_smollm2.py": "smollm2-npu",  # its NPU package
     "tests/targets/test_npu_build.py": "mini-npu",  # with the next: mini_gptq_build
     "tests/test_reproducible.py": "mini-npu",
     "tests/quantize/test_calibrated_build.py": "calibrated-build",
     "tests/evaluate/test_eval.py": "eval-packages",
     "tests/package/test_signing.py": "signing",
 }
-HEAVIEST_FIRST = ("smollm2", "tests/test_notebook.py")  # by measured cost, the longest first
+HEAVIEST_FIRST = ("smollm2-npu", "smollm2", "tests/test_notebook.py")  # by measured cost, the longest first
 
 
 def _work_unit(nodeid: str) -> str:
@@ -122,14 +123,24 @@ def smollm2_checkpoint(smollm2_gguf: Path, isolated_environment: Path) -> Any:
     return resolve_source(SourceConfig(model=str(smollm2_gguf)), cache_root())
 
 
+def build_smollm2(output: Path, target: str) -> tuple[Path, dict[str, Any]]:
+    """`phiexport build -t TARGET -o OUTPUT --json` of the embedded model: (the package, the --json summary)."""
+    result = run_cli("build", "-t", target, "-o", str(output), "--json", timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output / target, json.loads(result.stdout)
+
+
 @pytest.fixture(scope="session")
 def smollm2_build(smollm2_checkpoint: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """The README's first command, `phiexport build`, run once: (the CPU package, the --json summary); the NPU
-    package is its sibling."""
-    output = tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct"
-    result = run_cli("build", "-o", str(output), "--json", timeout=1800)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return output / "cpu", json.loads(result.stdout)
+    """The README's first command, CPU half: (the CPU package, the --json summary). Each target builds its own
+    package, so `-t cpu` and `-t npu` make what `phiexport build` makes, and two xdist workers make them at once."""
+    return build_smollm2(tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct", "cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2_npu(smollm2_checkpoint: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The README's first command, NPU half: the embedded model's NPU package."""
+    return build_smollm2(tmp_path_factory.mktemp("smollm2-npu") / "smollm2-135m-instruct", "npu")[0]
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The README's first command: the embedded SmolLM2-135M-Instruct built into CPU int4 and NPU packages, end to end."""
+"""The README's first command, CPU package: the embedded SmolLM2-135M-Instruct's GGUF integers, end to end."""
 
 import hashlib
 import json
@@ -136,68 +136,28 @@ def test_rebuilding_without_force_keeps_the_package(smollm2_build):
     assert sha256(package / "manifest.json") == before
 
 
-def test_npu_package_runs_on_the_htp_simulator_and_tracks_the_reference(smollm2_build):
-    npu = smollm2_build[0].parent / "npu"
-    manifest = json.loads((npu / "manifest.json").read_text())
-    report = json.loads((npu / "report.json").read_text())
-    assert set(manifest["files"]) == {p.relative_to(npu).as_posix() for p in npu.rglob("*") if p.is_file()} - {
-        "manifest.json"
-    }
-    context = manifest["weights"]["contexts"]["x-elite"]
-    assert (context["soc_model"], context["htp_arch"]) == (60, 73)
-    # one copy of the body weights, not two: measured 69.4 MB shared against 122.0 MB compiled separately
-    assert context["shared_bytes"] < 0.62 * context["separate_bytes"]
-    simulator = manifest["weights"]["simulator"]
-    assert simulator["body_nodes"] == {"prefill": {"QNNExecutionProvider": 1}, "decode": {"QNNExecutionProvider": 1}}
-    # the simulator against the CPU EP on the same QDQ bodies, a chunk and 4 decode steps: measured KL 0.064, top-1 84 %
-    assert simulator["kl_mean_vs_cpu_ep"] < 0.13 and simulator["top1_agreement_vs_cpu_ep"] >= 0.7
-    metrics = report["metrics"]
-    assert metrics["tokens"] > 3000
-    assert 0.04 < metrics["kl_mean"] < 0.15  # w4a16 with GPTQ weights measured 0.078 (with RTN: 0.43)
-    assert metrics["top1_agreement"] > 0.82  # measured 88.5 %
-    # The reference leads every token of this answer by ≥ 0.78 nats; "capital of France" is won by 0.08 ("The"
-    # over "L"), which any int4 rounding may flip, so it tests nothing about the simulator.
-    result = run_cli(
-        "run", str(npu), "What is the opposite of hot?", "--max-tokens", "7", "--device", "htp-sim", "--json"
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout)["text"].startswith("The opposite of hot is cold")
-
-
-def test_eval_rejects_a_sabotaged_package_with_exit_4_beside_the_good_ones(smollm2_build, tmp_path):
-    """The side-by-side card on the real model: CPU int4, the NPU on the CPU EP, and a copy of the CPU package with the
-    block scales of one weight shuffled (layer 0's q/k/v: measured KL 7.4, top-1 2.9 %), held to the bundled recipe's
-    gates (KL ≤ 0.15, top-1 ≥ 0.8). The NPU's simulator row is tested on the miniature (tests/targets)."""
-    build_output = smollm2_build[0].parent
+def test_eval_rejects_a_sabotaged_package_with_exit_4_beside_the_good_one(smollm2_build, tmp_path):
+    """The side-by-side card on the real model: the CPU package, and a copy of it with the block scales of one weight
+    shuffled (layer 0's q/k/v: measured KL 7.4, top-1 2.9 %), held to the bundled recipe's gates (KL ≤ 0.15, top-1
+    ≥ 0.8). The NPU rows are tested on the miniature (tests/targets/test_npu_build.py)."""
+    package = smollm2_build[0]
     sabotaged = tmp_path / "scrambled-scales" / "cpu"
-    shutil.copytree(build_output / "cpu", sabotaged)
+    shutil.copytree(package, sabotaged)
     assert scramble_scales(sabotaged / "model.onnx", weights=1) == 1
     report_dir = tmp_path / "report"
-    result = run_cli(
-        "eval",
-        str(build_output),
-        str(sabotaged),
-        "--sequences",
-        "4",
-        "--limit",
-        "2",
-        "--new-tokens",
-        "64",
-        "--npu-device",
-        "cpu",
-        "-o",
-        str(report_dir),
-    )
+    task = ("--sequences", "4", "--limit", "2", "--new-tokens", "64")
+    result = run_cli("eval", str(package), str(sabotaged), *task, "-o", str(report_dir))
     assert result.returncode == 4, result.stderr[-2000:]
     gate_lines = [line for line in error_lines(result) if line.startswith("gate failed:")]
     assert gate_lines and all(line.endswith("(cpu-int4 (scrambled-scales))") for line in gate_lines)
     assert any(line.startswith("gate failed: kl_mean ") and " > 0.15 " in line for line in gate_lines)
-    assert error_lines(result)[-1].startswith("error: 1 of 3 packages failed their gates — fix: see ")
+    assert error_lines(result)[-1].startswith("error: 1 of 2 packages failed their gates — fix: see ")
 
     report = json.loads((report_dir / "report.json").read_text())
     rows = {row["label"]: row for row in report["packages"]}
-    assert set(rows) == {"cpu-int4 (smollm2-135m-instruct)", "npu-int4@cpu", "cpu-int4 (scrambled-scales)"}
+    assert set(rows) == {"cpu-int4 (smollm2-135m-instruct)", "cpu-int4 (scrambled-scales)"}
     assert [label for label, row in rows.items() if not row["gates"]["passed"]] == ["cpu-int4 (scrambled-scales)"]
     assert rows["cpu-int4 (scrambled-scales)"]["metrics"]["kl_mean"] > 3.0
-    assert rows["cpu-int4 (smollm2-135m-instruct)"]["metrics"]["kl_mean"] < 1e-9
-    assert rows["npu-int4@cpu"]["metrics"]["tokens"] > 300 and rows["npu-int4@cpu"]["task"]["problems"] == 2
+    good = rows["cpu-int4 (smollm2-135m-instruct)"]
+    assert good["metrics"]["kl_mean"] < 1e-9 and good["metrics"]["tokens"] > 300
+    assert good["task"]["problems"] == 2
