@@ -68,6 +68,8 @@ def test_scored_sequences_fit_the_fixed_cache(npu_package: Path) -> None:
 def test_every_body_node_ran_on_the_simulator(npu_package: Path) -> None:
     """Read back from onnxruntime's profile of the build's simulator runs: each body, compiled whole into its context
     binary, ran as one QNN node (a node left to the CPU would show under its own provider)."""
+    import onnx
+
     simulator = json.loads((npu_package / "manifest.json").read_text())["weights"]["simulator"]
     assert simulator["body_nodes"] == {"prefill": {"QNNExecutionProvider": 1}, "decode": {"QNNExecutionProvider": 1}}
     assert simulator["every_body_node_on_htp"] is True
@@ -76,8 +78,6 @@ def test_every_body_node_ran_on_the_simulator(npu_package: Path) -> None:
     for kind, path in json.loads((npu_package / "npu_pipeline.json").read_text())["contexts"]["x-elite"][
         "simulator"
     ].items():
-        import onnx
-
         assert [node.op_type for node in onnx.load(npu_package / path).graph.node] == ["EPContext"], kind
 
 
