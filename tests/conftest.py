@@ -8,11 +8,13 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.cli_process import forked_cli
 from tests.miniatures import MINIATURES, make_phi4_mini
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +37,22 @@ HEAVIEST_FIRST = ("smollm2-npu", "smollm2", "tests/test_notebook.py")  # by meas
 def _work_unit(nodeid: str) -> str:
     module = nodeid.split("::")[0]
     return SHARED_FIXTURE_GROUPS.get(module, module if module in HEAVIEST_FIRST else nodeid)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """An xdist worker keeps to its own share of the cores, and so do the builds it starts (affinity is inherited;
+    torch and onnxruntime size their thread pools from it). Two workers whose pools each span both cores spin
+    against each other: the SmolLM2 NPU build took 21 min beside another worker against 8 alone."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    share = len(cores) // int(count)
+    if share:
+        index = int(worker.removeprefix("gw")) % int(count)
+        os.sched_setaffinity(0, cores[index * share : (index + 1) * share])
+        if "torch" in sys.modules:  # a pool sized before the pinning
+            sys.modules["torch"].set_num_threads(share)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
@@ -78,14 +96,31 @@ def isolated_environment(tmp_path_factory: pytest.TempPathFactory):
         yield root
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    """`python -m phiexport ARGS` in a fresh process, as a user or a CI job runs it."""
+# Environment variables phiexport reads when a command runs, not when a library is imported: a call that sets only
+# these can run in a forked process (tests/cli_process.py).
+CALL_TIME_VARIABLES = {"TMPDIR", "PHIEXPORT_CACHE", "PHIEXPORT_SIGNING_KEY", "PHIEXPORT_PUBLIC_KEY"}
+
+
+def run_cli(
+    *args: str,
+    env: dict[str, str | None] | None = None,
+    timeout: float = 900,
+    preexec: Callable[[], None] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`phiexport ARGS` in a process of its own, as a user or a CI job runs it, with `env` changing the environment
+    (None removes a variable). Forked from a process that has the heavy libraries imported (tests/cli_process.py),
+    or `python -m phiexport` when the call changes what is read at import or runs `preexec` before the command."""
+    changes = env or {}
+    environ = {k: v for k, v in {**os.environ, **changes}.items() if v is not None}
+    if preexec is None and set(changes) <= CALL_TIME_VARIABLES:
+        return forked_cli(list(args), environ, timeout)
     return subprocess.run(
         [sys.executable, "-m", "phiexport", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env=environ,
+        preexec_fn=preexec,
         check=False,
     )
 

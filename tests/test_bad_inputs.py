@@ -250,15 +250,14 @@ def test_bad_input_fails_in_one_line_and_leaves_nothing(make_args, exit_code, fr
     scratch.mkdir()
     try:
         args = make_args(bench)
-        env = {k: v for k, v in os.environ.items() if k != "PHIEXPORT_SIGNING_KEY"} | {"TMPDIR": str(scratch)}
-        result = subprocess.run(
-            [sys.executable, "-m", "phiexport", "build", *args, "-o", str(bench.output)],
-            capture_output=True,
-            text=True,
+        result = run_cli(
+            "build",
+            *args,
+            "-o",
+            str(bench.output),
+            env={"PHIEXPORT_SIGNING_KEY": None, "TMPDIR": str(scratch)},
             timeout=600,
-            env=env,
-            preexec_fn=bench.preexec,
-            check=False,
+            preexec=bench.preexec,
         )
         assert_one_line_error(result, exit_code, *fragments)
         assert not bench.output.exists()

@@ -1,11 +1,11 @@
 """The README's first command, NPU package: the embedded SmolLM2-135M-Instruct as GPTQ w4a16 bodies, compiled for
-the HTP, checked on the simulator from the binaries the build shipped."""
+the HTP, checked on the simulator from the binaries the build shipped. (Generating text on the simulator through
+`phiexport run --device htp-sim` is tested on the miniature, tests/targets/test_npu_build.py: 30 simulated layers
+cost 84 s per call.)"""
 
 import json
 
 import pytest
-
-from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -29,10 +29,3 @@ def test_npu_package_runs_on_the_htp_simulator_and_tracks_the_reference(smollm2_
     assert metrics["tokens"] > 3000
     assert 0.04 < metrics["kl_mean"] < 0.15  # w4a16 with GPTQ weights measured 0.078 (with RTN: 0.43)
     assert metrics["top1_agreement"] > 0.82  # measured 88.5 %
-    # The reference leads every token of this answer by ≥ 0.78 nats; "capital of France" is won by 0.08 ("The"
-    # over "L"), which any int4 rounding may flip, so it tests nothing about the simulator.
-    result = run_cli(
-        "run", str(npu), "What is the opposite of hot?", "--max-tokens", "7", "--device", "htp-sim", "--json"
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout)["text"].startswith("The opposite of hot is cold")
