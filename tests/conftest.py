@@ -42,7 +42,7 @@ def _work_unit(nodeid: str) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     """An xdist worker keeps to its own share of the cores, and so do the builds it starts (affinity is inherited;
     torch and onnxruntime size their thread pools from it). Two workers whose pools each span both cores spin
-    against each other: the SmolLM2 NPU build took 21 min beside another worker against 8 alone."""
+    against each other: the SmolLM2 NPU build took 21 min beside another worker against 7 alone."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not worker or not count or not hasattr(os, "sched_setaffinity"):
         return
