@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from phiexport.errors import UsageError
 
@@ -29,8 +30,8 @@ def stream_reply(
 ) -> Iterator[str]:
     """Yield decoded text pieces as they are generated (greedy); fills `stats` as it goes.
 
-    CPU packages run through onnxruntime-genai; NPU packages through phiexport's static pipeline on `device`
-    (`cpu`, or `htp-sim` for the HTP simulator).
+    Every package runs through onnxruntime-genai; an NPU package's bodies on `device` (`cpu`: its QDQ graphs on the
+    CPU EP, or `htp-sim`: its simulator binaries on the HTP simulator; runtime/genai.py).
     """
     from phiexport.targets.npu import PIPELINE_FILE
 
@@ -39,11 +40,10 @@ def stream_reply(
             f"{package_dir} has no genai_config.json", "pass a package directory, e.g. packages/<name>/cpu"
         )
     if (package_dir / PIPELINE_FILE).is_file():
-        yield from _stream_static(package_dir, prompt, max_new_tokens, system, raw, stats, device or "cpu")
-        return
-    if device is not None:
+        device = device or "cpu"
+    elif device is not None:
         raise UsageError(f"--device applies to NPU packages; {package_dir} is not one", "leave --device out")
-    yield from _stream_genai(package_dir, prompt, max_new_tokens, system, raw, stats)
+    yield from _stream_genai(package_dir, prompt, max_new_tokens, system, raw, stats, device)
 
 
 def think_markers(package_dir: Path) -> tuple[str, str] | None:
@@ -68,55 +68,53 @@ def _messages(prompt: str, system: str | None) -> list[dict[str, str]]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
 
-def _stream_static(
+def _npu_layout(package_dir: Path, device: str) -> tuple[int, int]:
+    """An NPU package's context and prefill chunk, once `device` is known."""
+    import json
+
+    from phiexport.runtime.static_pipeline import DEVICES
+    from phiexport.targets.npu import PIPELINE_FILE
+
+    if device not in DEVICES:
+        raise UsageError(f"unknown device {device!r}", f"choose one of {', '.join(DEVICES)}")
+    layout = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))["layout"]
+    return layout["context"], layout["chunk"]
+
+
+def _stream_genai(
     package_dir: Path,
     prompt: str,
     max_new_tokens: int,
     system: str | None,
     raw: bool,
     stats: GenerationStats,
-    device: str,
+    device: str | None,
 ) -> Iterator[str]:
-    from transformers import AutoTokenizer
+    from contextlib import nullcontext
 
-    from phiexport.runtime.static_pipeline import DEVICES, StaticPackageRunner
+    import onnxruntime_genai as og
 
-    if device not in DEVICES:
-        raise UsageError(f"unknown device {device!r}", f"choose one of {', '.join(DEVICES)}")
-    tokenizer = AutoTokenizer.from_pretrained(package_dir)
-    text = (
-        prompt
-        if raw
-        else tokenizer.apply_chat_template(_messages(prompt, system), tokenize=False, add_generation_prompt=True)
-    )
-    tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
-    stats.prompt_tokens = len(tokens)
-    runner = StaticPackageRunner(package_dir, device=device)
-    room = runner.pipeline.layout.context - len(tokens)
-    if room < 1:
-        raise UsageError(
-            f"the prompt has {len(tokens)} tokens; the package's context holds {runner.pipeline.layout.context}",
-            "shorten the prompt or build with a larger --context-length",
-        )
-    start = time.perf_counter()
-    generated: list[int] = []
-    shown = ""
-    for token in runner.pipeline.stream(tokens, min(max_new_tokens, room), runner.stop_ids):
-        generated.append(token)
-        stats.new_tokens += 1
-        stats.seconds = time.perf_counter() - start
-        text = str(tokenizer.decode(generated, skip_special_tokens=True))
-        yield text[len(shown) :]
-        shown = text
+    from phiexport.runtime.genai import genai_model
+
+    context, chunk = _npu_layout(package_dir, device) if device is not None else (None, 1)
+    with genai_model(package_dir, device) if device is not None else nullcontext(og.Model(str(package_dir))) as model:
+        yield from _generate(model, package_dir, prompt, max_new_tokens, system, raw, stats, context, chunk)
 
 
-def _stream_genai(
-    package_dir: Path, prompt: str, max_new_tokens: int, system: str | None, raw: bool, stats: GenerationStats
+def _generate(
+    model: Any,
+    package_dir: Path,
+    prompt: str,
+    max_new_tokens: int,
+    system: str | None,
+    raw: bool,
+    stats: GenerationStats,
+    context: int | None,
+    chunk: int,
 ) -> Iterator[str]:
     import onnxruntime_genai as og
     from transformers import AutoTokenizer
 
-    model = og.Model(str(package_dir))
     tokenizer = og.Tokenizer(model)
     if raw:
         text = prompt
@@ -125,8 +123,18 @@ def _stream_genai(
         text = str(template.apply_chat_template(_messages(prompt, system), tokenize=False, add_generation_prompt=True))
     tokens = tokenizer.encode(text)
     stats.prompt_tokens = len(tokens)
+    max_length = len(tokens) + max_new_tokens
+    if context is not None:  # og pads the prompt to whole chunks, and the padded prompt must leave room in the cache
+        padded = -(-len(tokens) // chunk) * chunk
+        if padded >= context:
+            raise UsageError(
+                f"the prompt has {len(tokens)} tokens ({padded} in whole {chunk}-token chunks); the package's context "
+                f"holds {context}",
+                "shorten the prompt or build with a larger --context-length",
+            )
+        max_length = min(padded + max_new_tokens, context)
     params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(tokens) + max_new_tokens)
+    params.set_search_options(do_sample=False, max_length=max_length)
     generator = og.Generator(model, params)
     stream = tokenizer.create_stream()
     start = time.perf_counter()

@@ -5,11 +5,18 @@ architecture transformers supports with the Llama layout (Llama, Phi-3, Qwen2, Q
 rewrite. Its attention is spelled out in the form the HTP runs (docs/npu.md): the query heads of each KV group are
 folded into the row axis, so every tensor stays 4-D and K/V are never repeated; the mask is additive.
 
-Graph contract (S = chunk tokens, C = cache slots, d = hidden, D = head_dim, R = rotary dims):
-    embeddings.onnx  input_ids [1,S] int64, position_ids [1,S] int64 → hidden [1,S,d], cos, sin [1,1,S,R]
-    body (S=chunk, S=1)  hidden, cos, sin, mask [1,1,S,C+S], past_key.i / past_value.i [1,Hkv,C,D]
-                     → hidden_out [1,S,d], new_key.i / new_value.i [1,Hkv,S,D]   (the runner owns the cache)
-    lm_head.onnx     hidden [1,S,d] → logits [1,S,V]
+The graphs follow onnxruntime-genai's decoder pipeline (docs/npu.md): og feeds `past_seq_len` (tokens in the cache
+after the step, minus one, pad rows counted) and binds one buffer per cache tensor as both past input and present
+output, so the body updates its cache in place. The embeddings graph turns `past_seq_len` into the step's rotary
+rows, its mask and its cache write (`step_tensors` computes the same in numpy), so only float tensors reach the body.
+
+Graph contract (S = step tokens, C = cache slots, d = hidden, D = head_dim, R = rotary dims):
+    embeddings.onnx  input_ids [1,S] int64, past_seq_len [1,1] int32, total_seq_len [1] int32
+                     → hidden [1,S,d], cos, sin [1,1,S,R], mask [1,1,S,C], write [1,1,C,S], keep [1,1,C,1]
+    body (S=chunk, S=1)  hidden, cos, sin, mask, write, keep, past_key.i / past_value.i [1,Hkv,C,D]
+                     → hidden_out [1,S,d], present_key.i / present_value.i [1,Hkv,C,D]
+                       (present = past · keep + write @ the step's keys/values; attention reads the updated cache)
+    lm_head.onnx     hidden_out [1,S,d] → logits [1,S,V]
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 MASKED = -1.0e4  # additive mask value; float32's min wrecks the uint16 encoding of scores + mask (docs/npu.md)
 
@@ -58,6 +67,36 @@ class StaticLayout:
 
     def cache_names(self) -> list[str]:
         return [f"past_{kind}.{i}" for i in range(self.layers) for kind in ("key", "value")]
+
+    def present_names(self) -> list[str]:
+        return [f"present_{kind}.{i}" for i in range(self.layers) for kind in ("key", "value")]
+
+
+STEP_TENSORS = ("cos", "sin", "mask", "write", "keep")  # what the embeddings graph derives from past_seq_len
+
+
+def step_positions(past_seq_len: int, steps: int) -> np.ndarray:
+    """The positions of a step's rows: og's `past_seq_len` counts the cache after the step, minus one."""
+    return np.arange(past_seq_len + 1 - steps, past_seq_len + 1)
+
+
+def step_tensors(
+    layout: StaticLayout, cos: np.ndarray, sin: np.ndarray, past_seq_len: int, steps: int
+) -> dict[str, np.ndarray]:
+    """What embeddings.onnx computes for a step besides the embedding rows, from the rotary tables `[C, R]`: the rows'
+    cos and sin, the additive mask (slot j visible to a row at position p when j ≤ p), the cache write (slot j takes
+    the row at position j; a row at or past C writes nothing) and the slots it keeps."""
+    positions = step_positions(past_seq_len, steps)
+    slots = np.arange(layout.context)
+    rows = np.clip(positions, 0, layout.context - 1)
+    write = (positions[:, None] == slots[None, :]).astype(np.float32)  # [S, C]
+    return {
+        "cos": cos[rows][None, None].astype(np.float32),
+        "sin": sin[rows][None, None].astype(np.float32),
+        "mask": np.where(slots[None, :] <= positions[:, None], 0.0, MASKED).astype(np.float32)[None, None],
+        "write": np.ascontiguousarray(write.T)[None, None],
+        "keep": (1.0 - write.max(axis=0)).astype(np.float32)[None, None, :, None],
+    }
 
 
 def rotary_tables(model: Any, positions: int) -> tuple[Any, Any]:
@@ -105,16 +144,31 @@ def _modules() -> tuple[type, type, type]:
         return RmsNorm.apply(x, norm.weight, eps)
 
     class Embeddings(torch.nn.Module):
+        """The fp32 embeddings graph: the rows of `input_ids`, and `step_tensors` from og's sequence lengths."""
+
         def __init__(self, model: Any, cos: Any, sin: Any):
             super().__init__()
             self.embed_tokens = model.model.embed_tokens
             self.cos_table: Any = torch.nn.Buffer(cos)
             self.sin_table: Any = torch.nn.Buffer(sin)
+            self.slots: Any = torch.nn.Buffer(torch.arange(cos.shape[0], dtype=torch.int32))
 
-        def forward(self, input_ids: Any, position_ids: Any) -> tuple[Any, Any, Any]:
-            cos = self.cos_table[position_ids].unsqueeze(1)
-            sin = self.sin_table[position_ids].unsqueeze(1)
-            return self.embed_tokens(input_ids), cos, sin
+        def forward(self, input_ids: Any, past_seq_len: Any, total_seq_len: Any) -> tuple[Any, ...]:
+            steps = input_ids.shape[1]
+            positions = past_seq_len.reshape(1) + 1 - steps + torch.arange(steps, dtype=torch.int32)
+            limit = torch.clamp(total_seq_len, max=self.slots.shape[0])  # og feeds max_length, at most the context
+            rows = torch.minimum(torch.clamp(positions, min=0), limit - 1)
+            write = (positions[:, None] == self.slots[None, :]).float()
+            mask = torch.where(self.slots[None, :] <= positions[:, None], 0.0, MASKED)
+            keep = 1.0 - write.amax(0)
+            return (
+                self.embed_tokens(input_ids),
+                self.cos_table[rows][None, None],
+                self.sin_table[rows][None, None],
+                mask[None, None],
+                write.t()[None, None],
+                keep[None, None, :, None],
+            )
 
     class Body(torch.nn.Module):
         def __init__(self, layers: Any, layout: StaticLayout):
@@ -122,20 +176,21 @@ def _modules() -> tuple[type, type, type]:
             self.layers = layers
             self.layout = layout
 
-        def forward(self, hidden: Any, cos: Any, sin: Any, mask: Any, *past: Any) -> tuple[Any, ...]:
-            new_cache: list[Any] = []
+        def forward(self, hidden: Any, cos: Any, sin: Any, mask: Any, write: Any, keep: Any, *past: Any) -> Any:
+            present: list[Any] = []
             for index, layer in enumerate(self.layers):
-                attention, (key, value) = self._attention(
-                    layer, rms_norm(layer.input_layernorm, hidden), cos, sin, mask, past[2 * index], past[2 * index + 1]
+                cache = (past[2 * index], past[2 * index + 1])
+                attention, updated = self._attention(
+                    layer, rms_norm(layer.input_layernorm, hidden), cos, sin, mask, write, keep, cache
                 )
                 hidden = hidden + attention
                 hidden = hidden + layer.mlp(rms_norm(layer.post_attention_layernorm, hidden))
-                new_cache += [key, value]
-            return (hidden, *new_cache)
+                present += updated
+            return (hidden, *present)
 
         def _attention(
-            self, layer: Any, x: Any, cos: Any, sin: Any, mask: Any, past_key: Any, past_value: Any
-        ) -> tuple[Any, tuple[Any, Any]]:
+            self, layer: Any, x: Any, cos: Any, sin: Any, mask: Any, write: Any, keep: Any, cache: tuple[Any, Any]
+        ) -> tuple[Any, list[Any]]:
             lay = self.layout
             steps = x.shape[1]
             attn = layer.self_attn
@@ -147,16 +202,17 @@ def _modules() -> tuple[type, type, type]:
             query = _rotate(query.transpose(1, 2), cos, sin, lay.rotary_dim, lay.head_dim)
             key = _rotate(key.transpose(1, 2), cos, sin, lay.rotary_dim, lay.head_dim)
             value = value.view(1, steps, lay.kv_heads, lay.head_dim).transpose(1, 2)
+            # the cache updated in place: kept slots as they were, the step's rows written where `write` says
+            keys = cache[0] * keep + torch.matmul(write, key)
+            values = cache[1] * keep + torch.matmul(write, value)
             group = lay.heads // lay.kv_heads
             # fold: [1, H, S, D] → [1, Hkv, group·S, D], rows ordered (head in group, step)
             folded = query.reshape(1, lay.kv_heads, group * steps, lay.head_dim)
-            keys = torch.cat([past_key, key], dim=2)
-            values = torch.cat([past_value, value], dim=2)
             scores = torch.matmul(folded, keys.transpose(2, 3)) * attn.scaling
             probs = torch.softmax(scores + mask.repeat(1, 1, group, 1), dim=-1)
             out = torch.matmul(probs, values).view(1, lay.heads, steps, lay.head_dim)
             out = out.transpose(1, 2).reshape(1, steps, lay.heads * lay.head_dim)
-            return attn.o_proj(out), (key, value)
+            return attn.o_proj(out), [keys, values]
 
     class LmHead(torch.nn.Module):
         def __init__(self, model: Any):
@@ -202,14 +258,16 @@ def export_static_graphs(model: Any, layout: StaticLayout, output: Path) -> dict
         "lm_head": output / "lm_head.onnx",
     }
     ids = torch.zeros(1, 2, dtype=torch.int64)
+    lengths = (torch.tensor([[1]], dtype=torch.int32), torch.tensor([layout.context], dtype=torch.int32))
     with torch.no_grad():
         _export(
             Embeddings(model, cos, sin),
-            (ids, ids),
+            (ids, *lengths),
             paths["embeddings"],
-            inputs=["input_ids", "position_ids"],
-            outputs=["hidden", "cos", "sin"],
-            dynamic={"input_ids": {1: "steps"}, "position_ids": {1: "steps"}},
+            inputs=list(EMBEDDINGS_INPUTS),
+            outputs=["hidden", *STEP_TENSORS],
+            dynamic={"input_ids": {1: "steps"}},
+            infer_shapes=False,
         )
         _export_bodies(Body(model.model.layers, layout), layout, paths)
         hidden = torch.zeros(1, 2, layout.hidden)
@@ -250,12 +308,15 @@ def _export_bodies(body: Any, layout: StaticLayout, paths: dict[str, Path]) -> N
         )
 
 
+EMBEDDINGS_INPUTS = ("input_ids", "past_seq_len", "total_seq_len")
+
+
 def body_input_names(layout: StaticLayout) -> list[str]:
-    return ["hidden", "cos", "sin", "mask", *layout.cache_names()]
+    return ["hidden", *STEP_TENSORS, *layout.cache_names()]
 
 
 def body_output_names(layout: StaticLayout) -> list[str]:
-    return ["hidden_out", *[name.replace("past_", "new_") for name in layout.cache_names()]]
+    return ["hidden_out", *layout.present_names()]
 
 
 def body_example(layout: StaticLayout, steps: int) -> tuple[Any, ...]:
@@ -266,7 +327,9 @@ def body_example(layout: StaticLayout, steps: int) -> tuple[Any, ...]:
         torch.zeros(1, steps, layout.hidden),
         torch.ones(1, 1, steps, layout.rotary_dim),
         torch.zeros(1, 1, steps, layout.rotary_dim),
-        torch.zeros(1, 1, steps, layout.context + steps),
+        torch.zeros(1, 1, steps, layout.context),
+        torch.zeros(1, 1, layout.context, steps),
+        torch.ones(1, 1, layout.context, 1),
         *cache,
     )
 
@@ -279,8 +342,10 @@ def _export(
     inputs: list[str],
     outputs: list[str],
     dynamic: dict[str, dict[int, str]] | None = None,
+    infer_shapes: bool = True,
 ) -> None:
-    """TorchScript export (static shapes trace cleanly), saved at opset 21 with external data."""
+    """TorchScript export (static shapes trace cleanly), saved at opset 21 with external data; with `infer_shapes`,
+    every tensor's shape recorded by onnxruntime's symbolic shape inference."""
     import tempfile
 
     import onnx
@@ -305,5 +370,6 @@ def _export(
             opset.version = 21
     # onnx's shape inference does not know onnxruntime's SimplifiedLayerNormalization, and the calibrator skips any
     # tensor without a type: record every shape with onnxruntime's own inference.
-    model = SymbolicShapeInference.infer_shapes(model)
+    if infer_shapes:
+        model = SymbolicShapeInference.infer_shapes(model)
     onnx.save(model, str(path), save_as_external_data=True, location=f"{path.stem}.data", size_threshold=1024)

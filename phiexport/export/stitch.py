@@ -1,8 +1,9 @@
 """One body graph from per-layer body graphs, without loading their weights.
 
-Layer l's graph (a one-layer layout: hidden, cos, sin, mask, past_key.0/past_value.0 → hidden_out, new_key.0/
-new_value.0) has its internal names moved under `/layers.l/`, its cache inputs and outputs renumbered, and its
-`hidden_out` wired to layer l+1's `hidden`; cos, sin and mask stay shared. Weights are copied from each layer's data
+Layer l's graph (a one-layer layout: hidden, the step tensors, past_key.0/past_value.0 → hidden_out,
+present_key.0/present_value.0) has its internal names moved under `/layers.l/`, its cache inputs and outputs
+renumbered, and its `hidden_out` wired to layer l+1's `hidden`; the step tensors (cos, sin, mask, write, keep) stay
+shared. Weights are copied from each layer's data
 file into the body's, a tensor at a time.
 
 Quantized per layer, the graphs repeat what the whole graph had once: every layer quantizes the shared inputs with
@@ -17,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from phiexport.export.static_graphs import StaticLayout, body_input_names, body_output_names
+from phiexport.export.static_graphs import STEP_TENSORS, StaticLayout, body_input_names, body_output_names
 
-SHARED_INPUTS = ("cos", "sin", "mask")
+SHARED_INPUTS = STEP_TENSORS
 
 
 def stitch_layers(layer_graphs: list[Path], layout: StaticLayout, output: Path) -> Path:
@@ -117,7 +118,7 @@ def _renamer(index: int, layers: int) -> Callable[[str], str]:
         "hidden": link(index),
         "hidden_out": link(index + 1),
         **{name: name for name in SHARED_INPUTS},
-        **{f"{kind}.0": f"{kind}.{index}" for kind in ("past_key", "past_value", "new_key", "new_value")},
+        **{f"{kind}.0": f"{kind}.{index}" for kind in ("past_key", "past_value", "present_key", "present_value")},
     }
 
     def rename(name: str) -> str:

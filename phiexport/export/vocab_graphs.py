@@ -1,8 +1,8 @@
 """The NPU package's CPU-side graphs, written and quantized a block of vocabulary rows at a time.
 
-embeddings.onnx  input_ids, position_ids [1,S] int64 → hidden [1,S,d] (GatherBlockQuantized, int4 block 32),
-                 cos, sin [1,1,S,R] (float rotary tables gathered by position: quantizing them would shift every
-                 rotation)
+embeddings.onnx  input_ids [1,S] int64 → hidden [1,S,d] (GatherBlockQuantized, int4 block 32); past_seq_len,
+                 total_seq_len → the step's cos, sin [1,1,S,R] (float rotary tables gathered by position:
+                 quantizing them would shift every rotation), mask, write and keep (static_graphs.py)
 lm_head.onnx     hidden_out [1,S,d] → logits [1,S,V] (final RMSNorm, then MatMulNBits at 4 or 8 bits, block 32)
 
 The weights are onnxruntime's own quantization (its Gather and MatMulNBits quantizers' kernels, applied to row
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from phiexport.export.static_graphs import StaticLayout
+from phiexport.export.static_graphs import MASKED, StaticLayout
 
 BLOCK = 32
 ROWS_PER_CHUNK = 16384  # vocabulary rows quantized at once: 200 MB of fp32 at Phi-4-mini's width
@@ -66,25 +66,91 @@ def _write_embeddings(source: Any, layout: StaticLayout, cos: np.ndarray, sin: n
             block_size=BLOCK,
         ),
     ]
-    for table in ("cos", "sin"):
-        nodes += [
-            helper.make_node("Gather", [f"{table}_table", "position_ids"], [f"{table}_rows"], name=f"/{table}/Gather"),
-            helper.make_node("Unsqueeze", [f"{table}_rows", "one"], [table], name=f"/{table}/Unsqueeze"),
-        ]
-    initializers.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "one"))
+    step_nodes, step_constants = _step_nodes(layout)
+    nodes += step_nodes
+    initializers += step_constants
     steps = ["1", "steps"]
     graph = helper.make_graph(
         nodes,
         "embeddings",
-        [helper.make_tensor_value_info(name, TensorProto.INT64, steps) for name in ("input_ids", "position_ids")],
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, steps),
+            helper.make_tensor_value_info("past_seq_len", TensorProto.INT32, [1, 1]),
+            helper.make_tensor_value_info("total_seq_len", TensorProto.INT32, [1]),
+        ],
         [
             helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [*steps, layout.hidden]),
             helper.make_tensor_value_info("cos", TensorProto.FLOAT, ["1", "1", "steps", layout.rotary_dim]),
             helper.make_tensor_value_info("sin", TensorProto.FLOAT, ["1", "1", "steps", layout.rotary_dim]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["1", "1", "steps", layout.context]),
+            helper.make_tensor_value_info("write", TensorProto.FLOAT, ["1", "1", layout.context, "steps"]),
+            helper.make_tensor_value_info("keep", TensorProto.FLOAT, ["1", "1", layout.context, "1"]),
         ],
         initializers,
     )
     data.save_model(graph)
+
+
+def _step_nodes(layout: StaticLayout) -> tuple[list[Any], list[Any]]:
+    """The nodes that turn og's `past_seq_len` and `total_seq_len` into a step's cos, sin, mask, write and keep
+    (static_graphs.step_tensors is the same in numpy), and their constants."""
+    from onnx import helper, numpy_helper
+
+    def const(name: str, value: Any, dtype: Any) -> Any:
+        return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+    constants = [
+        const("one_i64", [1], np.int64),
+        const("one_i32", 1, np.int32),
+        const("zero_i32", 0, np.int32),
+        const("context_i32", [layout.context], np.int32),
+        const("slots", np.arange(layout.context), np.int32),
+        const("rows_axis", [0], np.int64),
+        const("outer_axes", [0, 1], np.int64),
+        const("visible_value", 0.0, np.float32),
+        const("masked_value", MASKED, np.float32),
+        const("one_f32", 1.0, np.float32),
+        const("flat", [1], np.int64),
+        const("keep_shape", [1, 1, layout.context, 1], np.int64),
+    ]
+
+    def node(op: str, inputs: list[str], output: str, **attributes: Any) -> Any:
+        return helper.make_node(op, inputs, [output], name=f"/steps/{output}", **attributes)
+
+    nodes = [
+        # positions = past_seq_len + 1 − S + [0 … S−1]
+        node("Shape", ["input_ids"], "ids_shape"),
+        node("Gather", ["ids_shape", "one_i64"], "steps_i64", axis=0),
+        node("Cast", ["steps_i64"], "steps_1", to=6),  # int32
+        node("Squeeze", ["steps_1"], "steps"),
+        node("Range", ["zero_i32", "steps", "one_i32"], "offsets"),
+        node("Reshape", ["past_seq_len", "flat"], "past_flat"),
+        node("Add", ["past_flat", "one_i32"], "after_step"),
+        node("Sub", ["after_step", "steps_1"], "start"),
+        node("Add", ["start", "offsets"], "positions"),
+        # table rows: positions clamped into [0, min(C, total_seq_len) − 1]
+        node("Min", ["total_seq_len", "context_i32"], "limit"),
+        node("Sub", ["limit", "one_i32"], "last_row"),
+        node("Max", ["positions", "zero_i32"], "from_zero"),
+        node("Min", ["from_zero", "last_row"], "rows"),
+        node("Gather", ["cos_table", "rows"], "cos_rows", axis=0),
+        node("Unsqueeze", ["cos_rows", "outer_axes"], "cos"),
+        node("Gather", ["sin_table", "rows"], "sin_rows", axis=0),
+        node("Unsqueeze", ["sin_rows", "outer_axes"], "sin"),
+        # slot j is visible to a row at position p when j ≤ p, and written by it when j = p
+        node("Unsqueeze", ["positions", "one_i64"], "position_column"),
+        node("LessOrEqual", ["slots", "position_column"], "visible"),
+        node("Where", ["visible", "visible_value", "masked_value"], "mask_rows"),
+        node("Unsqueeze", ["mask_rows", "outer_axes"], "mask"),
+        node("Equal", ["position_column", "slots"], "written"),
+        node("Cast", ["written"], "written_f32", to=1),  # float
+        node("Transpose", ["written_f32"], "write_rows", perm=[1, 0]),
+        node("Unsqueeze", ["write_rows", "outer_axes"], "write"),
+        node("ReduceMax", ["written_f32", "rows_axis"], "taken", keepdims=0),
+        node("Sub", ["one_f32", "taken"], "kept"),
+        node("Reshape", ["kept", "keep_shape"], "keep"),
+    ]
+    return nodes, constants
 
 
 def _write_lm_head(source: Any, layout: StaticLayout, path: Path, *, bits: int) -> None:

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from phiexport.export.static_graphs import StaticLayout, body_input_names, body_output_names
+from phiexport.export.static_graphs import (
+    EMBEDDINGS_INPUTS,
+    STEP_TENSORS,
+    StaticLayout,
+    body_input_names,
+    body_output_names,
+)
 from phiexport.source import Checkpoint
 from phiexport.source.hf_dir import read_json
 
@@ -31,9 +37,14 @@ def genai_pipeline_config(checkpoint: Checkpoint, layout: StaticLayout, context:
             {"QNN": {"backend_type": "htp", "htp_performance_mode": "burst", "soc_model": str(context["soc_model"])}}
         ],
     }
-    cache = {
+    inputs = {
+        "input_ids": "input_ids",
         "past_key_names": "past_key.%d",
         "past_value_names": "past_value.%d",
+        # og's own position_ids and attention_mask are wrong after left-aligned padding: the embeddings graph derives
+        # positions and the mask from these two (docs/npu.md)
+        "past_sequence_length": "past_seq_len",
+        "total_sequence_length": "total_seq_len",
     }
     body_inputs, body_outputs = body_input_names(layout), body_output_names(layout)
     return {
@@ -49,11 +60,11 @@ def genai_pipeline_config(checkpoint: Checkpoint, layout: StaticLayout, context:
                 "num_attention_heads": layout.heads,
                 "num_hidden_layers": layout.layers,
                 "num_key_value_heads": layout.kv_heads,
-                "inputs": {"input_ids": "input_ids", "position_ids": "position_ids", **cache},
+                "inputs": inputs,
                 "outputs": {
                     "logits": "logits",
-                    "present_key_names": "new_key.%d",
-                    "present_value_names": "new_value.%d",
+                    "present_key_names": "present_key.%d",
+                    "present_value_names": "present_value.%d",
                 },
                 "sliding_window": {
                     "window_size": layout.chunk,
@@ -65,8 +76,8 @@ def genai_pipeline_config(checkpoint: Checkpoint, layout: StaticLayout, context:
                     {
                         "embeddings": {
                             "filename": "embeddings.onnx",
-                            "inputs": ["input_ids", "position_ids"],
-                            "outputs": ["hidden", "cos", "sin"],
+                            "inputs": list(EMBEDDINGS_INPUTS),
+                            "outputs": ["hidden", *STEP_TENSORS],
                         }
                     },
                     {
@@ -104,7 +115,7 @@ def genai_pipeline_config(checkpoint: Checkpoint, layout: StaticLayout, context:
             "min_length": 0,
             "num_beams": 1,
             "num_return_sequences": 1,
-            "past_present_share_buffer": False,
+            "past_present_share_buffer": True,  # one buffer per cache tensor, updated in place by the body
             "repetition_penalty": 1.0,
             "temperature": 1.0,
             "top_k": 1,

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from phiexport.export.static_graphs import StaticLayout
-from phiexport.runtime.static_pipeline import PAD_TOKEN, body_mask
+from phiexport.export.static_graphs import StaticLayout, step_tensors
+from phiexport.runtime.static_pipeline import PAD_TOKEN
 
 Feed = dict[str, np.ndarray]
 
@@ -82,11 +82,11 @@ class LayerCalibration:
         self._next_rows = {kind: [np.empty_like(rows) for rows in self.rows[kind]] for kind in self.rows}
         for kind in ("prefill", "decode"):  # decode samples read the keys and values every prefill wrote
             for call in self.calls[kind]:
-                hidden, key, value = sessions[kind].run(None, self._feed(kind, call))
-                if kind == "prefill":
+                hidden, keys, values = sessions[kind].run(None, self._feed(kind, call))
+                if kind == "prefill":  # the cache as the body updated it, in the slots of the chunk's real tokens
                     stop = call.start + call.real
-                    self._keys[call.sequence][:, :, call.start : stop] = key[:, :, : call.real]
-                    self._values[call.sequence][:, :, call.start : stop] = value[:, :, : call.real]
+                    self._keys[call.sequence][:, :, call.start : stop] = keys[:, :, call.start : stop]
+                    self._values[call.sequence][:, :, call.start : stop] = values[:, :, call.start : stop]
                 self._next_rows[kind][call.sequence][call.row : call.row + call.steps] = hidden[0]
 
     def feeds(self, kind: str) -> Callable[[], Iterator[Feed]]:
@@ -98,13 +98,12 @@ class LayerCalibration:
         self.rows = self._next_rows
 
     def _feed(self, kind: str, call: BodyCall) -> Feed:
+        """The body inputs of one sample as the pipeline feeds them: the step's tensors from og's `past_seq_len`
+        (`call.start + call.steps − 1`), and a cache holding the layer's keys and values of the tokens before."""
         lay = self.layout
-        positions = np.minimum(np.arange(call.start, call.start + call.steps), lay.context - 1)
         feed = {
             "hidden": self.rows[kind][call.sequence][call.row : call.row + call.steps][None],
-            "cos": self._cos[positions][None, None],
-            "sin": self._sin[positions][None, None],
-            "mask": body_mask(lay, call.start, call.steps),
+            **step_tensors(lay, self._cos, self._sin, call.start + call.steps - 1, call.steps),
         }
         for name, source in (("past_key.0", self._keys), ("past_value.0", self._values)):
             slots = np.zeros((1, lay.kv_heads, lay.context, lay.head_dim), np.float32)

@@ -1,9 +1,11 @@
 """phiexport's runner for static-shape NPU packages: embeddings → body (prefill chunks or 1-token decode) → LM head.
 
-The runner owns the KV cache: `filled` slots hold the tokens seen so far; each body step gets an additive mask that
-shows it those slots plus its own causal chunk and hides the rest, and returns only the new K/V, which the runner
-writes into the next slots. A prompt is cut into chunks of the prefill size; the last chunk is padded and the pad
-rows are computed and thrown away (their K/V never enter the cache), so prompts of any length run, a single token too.
+It drives the graphs as onnxruntime-genai's decoder pipeline does (docs/npu.md): each step feeds `past_seq_len` (the
+tokens in the cache after the step, minus one) and `total_seq_len` to the embeddings graph, which derives the step's
+positions, mask and cache write; the body returns the cache updated in place, which becomes the next step's past.
+`filled` counts the real tokens cached. A prompt is cut into chunks of the prefill size; the last chunk is padded,
+and the pad rows are computed, thrown away and overwritten in the cache by the tokens that follow, so prompts of any
+length run, a single token too.
 
 Build a runner with `StaticPipeline.from_graphs(graphs, layout)` on the paths `export_static_graphs` wrote, then call
 `generate(prompt_ids, new_tokens, stop_ids)` for greedy tokens or `logits(token_ids)` for teacher-forced logits.
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from phiexport.errors import BuildError, UsageError
-from phiexport.export.static_graphs import MASKED, StaticLayout, body_input_names
+from phiexport.export.static_graphs import STEP_TENSORS, StaticLayout, body_input_names
 
 PAD_TOKEN = 0  # any id works: pad rows are masked from the real ones and discarded
 
@@ -41,25 +43,26 @@ class StaticPipeline:
 
     def reset(self) -> None:
         self.filled = 0
-        for buffer in self.cache.values():
-            buffer.fill(0.0)
+        shape = (1, self.layout.kv_heads, self.layout.context, self.layout.head_dim)
+        self.cache = {name: np.zeros(shape, dtype=np.float32) for name in self.layout.cache_names()}
 
-    def hidden_states(self, token_ids: Iterable[int]) -> np.ndarray:
-        """Feed tokens after the ones already cached; `[n, d]` final hidden states (before the final norm)."""
+    def hidden_states(self, token_ids: Iterable[int], *, prompt: bool = False) -> np.ndarray:
+        """Feed tokens after the ones already cached; `[n, d]` final hidden states (before the final norm). A
+        `prompt` goes through the prefill graph even when it is one token, as onnxruntime-genai runs it."""
         ids = list(token_ids)
         if self.filled + len(ids) > self.layout.context:
             raise BuildError(
                 f"sequence of {self.filled + len(ids)} tokens exceeds the package's context of {self.layout.context}",
                 "build with a larger --context-length",
             )
-        if len(ids) == 1:
+        if len(ids) == 1 and not prompt:
             return self._step(ids, "decode", 1)
         chunk = self.layout.chunk
         return np.concatenate([self._step(ids[i : i + chunk], "prefill", chunk) for i in range(0, len(ids), chunk)])
 
-    def logits(self, token_ids: Iterable[int]) -> np.ndarray:
+    def logits(self, token_ids: Iterable[int], *, prompt: bool = False) -> np.ndarray:
         """`[n, vocab]` logits for tokens fed after the cached ones (teacher-forced)."""
-        hidden = self.hidden_states(token_ids)
+        hidden = self.hidden_states(token_ids, prompt=prompt)
         (logits,) = self.sessions["lm_head"].run(["logits"], {"hidden_out": hidden[None]})
         return np.asarray(logits[0], dtype=np.float32)
 
@@ -70,7 +73,7 @@ class StaticPipeline:
     def stream(self, prompt_ids: list[int], new_tokens: int, stop_ids: Collection[int] = ()) -> Iterator[int]:
         """`generate`, one token at a time."""
         self.reset()
-        next_logits = self.logits(prompt_ids)[-1]
+        next_logits = self.logits(prompt_ids, prompt=True)[-1]
         for produced in range(1, new_tokens + 1):
             token = int(np.argmax(next_logits))
             yield token
@@ -80,26 +83,19 @@ class StaticPipeline:
 
     def _step(self, ids: list[int], graph: str, steps: int) -> np.ndarray:
         real = len(ids)
-        start = self.filled
         padded = np.full((1, steps), PAD_TOKEN, dtype=np.int64)
         padded[0, :real] = ids
-        positions = np.minimum(np.arange(start, start + steps, dtype=np.int64), self.layout.context - 1)[None]
-        hidden, cos, sin = self.sessions["embeddings"].run(None, {"input_ids": padded, "position_ids": positions})
-        feed = {"hidden": hidden, "cos": cos, "sin": sin, "mask": body_mask(self.layout, start, steps), **self.cache}
+        lengths = {
+            "past_seq_len": np.array([[self.filled + steps - 1]], dtype=np.int32),
+            "total_seq_len": np.array([self.layout.context], dtype=np.int32),
+        }
+        step = self.sessions["embeddings"].run(None, {"input_ids": padded, **lengths})
+        feed = {**dict(zip(["hidden", *STEP_TENSORS], step, strict=True)), **self.cache}
         feed = {name: feed[name] for name in self._input_names}
         outputs = self.sessions[graph].run(None, feed)
-        for name, new in zip(self.layout.cache_names(), outputs[1:], strict=True):
-            self.cache[name][:, :, start : start + real] = new[:, :, :real]
+        self.cache = dict(zip(self.layout.cache_names(), outputs[1:], strict=True))
         self.filled += real
         return np.asarray(outputs[0][0, :real], dtype=np.float32)
-
-
-def body_mask(layout: StaticLayout, filled: int, steps: int) -> np.ndarray:
-    """The additive mask of a body step after `filled` cached tokens: those slots and the chunk's causal part."""
-    mask = np.full((1, 1, steps, layout.context + steps), MASKED, dtype=np.float32)
-    mask[..., :filled] = 0.0
-    mask[0, 0, :, layout.context :] = np.triu(np.full((steps, steps), MASKED, dtype=np.float32), k=1)
-    return mask
 
 
 def cpu_session(path: Path) -> Any:
@@ -161,6 +157,14 @@ def simulator_sessions(package_dir: Path, contexts: dict[str, Any]) -> dict[str,
     """HTP simulator sessions on the separately compiled body binaries of the package's first SoC."""
     from phiexport.targets.htp import htp_session, soc
 
+    soc_name, binaries = simulator_binaries(package_dir, contexts)
+    target = soc(soc_name)
+    return {kind: htp_session(package_dir / path, target) for kind, path in binaries.items()}
+
+
+def simulator_binaries(package_dir: Path, contexts: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """The first SoC and its separately compiled body binaries (`prefill`, `decode` → path in the package), which
+    the x86 HTP simulator can load; a one-line error when the package was built without them."""
     soc_name, context = next(iter(contexts.items()))
     if "simulator" not in context:
         raise UsageError(
@@ -168,8 +172,7 @@ def simulator_sessions(package_dir: Path, contexts: dict[str, Any]) -> dict[str,
             "load its weight-sharing pair",
             "rebuild it with --simulator-binaries (recipe: npu.simulator_binaries: true), or run it with --device cpu",
         )
-    target = soc(soc_name)
-    return {kind: htp_session(package_dir / path, target) for kind, path in context["simulator"].items()}
+    return soc_name, context["simulator"]
 
 
 def package_stop_ids(package_dir: Path) -> set[int]:

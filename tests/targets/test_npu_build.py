@@ -112,10 +112,15 @@ def test_cpu_graphs_quantize_only_their_weights(npu_package: Path) -> None:
     """The token embedding is int4 and the LM head int8; the rotary tables beside the embedding stay float."""
     import onnx
 
-    ops = [
-        node.op_type for node in onnx.load(str(npu_package / "embeddings.onnx"), load_external_data=False).graph.node
-    ]
-    assert ops.count("GatherBlockQuantized") == 1 and ops.count("Gather") == 2
+    embeddings = onnx.load(str(npu_package / "embeddings.onnx"), load_external_data=False).graph
+    tables = {node.input[0]: node.op_type for node in embeddings.node if node.op_type.startswith("Gather")}
+    assert {name: tables[name] for name in ("embed_tokens.weight_Q4", "cos_table", "sin_table")} == {
+        "embed_tokens.weight_Q4": "GatherBlockQuantized",
+        "cos_table": "Gather",
+        "sin_table": "Gather",
+    }
+    floats = {tensor.name for tensor in embeddings.initializer if tensor.data_type == onnx.TensorProto.FLOAT}
+    assert {"cos_table", "sin_table"} <= floats
     head = onnx.load(str(npu_package / "lm_head.onnx"), load_external_data=False).graph.node
     (matmul,) = [node for node in head if node.op_type == "MatMulNBits"]
     assert {attr.name: attr.i for attr in matmul.attribute}["bits"] == 8
@@ -178,3 +183,47 @@ def test_eval_scores_the_simulator_row_beside_the_cpu_ep(npu_package: Path, tmp_
     assert simulator["tokens"] == cpu["tokens"] > 100
     assert cpu["kl_mean"] < 0.04 and simulator["kl_mean"] < 0.04
     assert abs(simulator["kl_mean"] - cpu["kl_mean"]) < 0.5 * cpu["kl_mean"]
+
+
+def genai_against_runner(package: Path, device: str, prompt: list[int], new_tokens: int) -> tuple[list[int], float]:
+    """onnxruntime-genai's greedy tokens on the package, and the largest difference between its logits and
+    phiexport's runner's over the same tokens, at every step (the runner fed og's positions and cache rules)."""
+    import onnxruntime_genai as og
+
+    from phiexport.runtime.genai import genai_model
+
+    with genai_model(package, device) as model:
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(prompt)
+        runner = StaticPackageRunner(package, device).pipeline
+        expected = runner.logits(prompt, prompt=True)[-1]
+        tokens: list[int] = []
+        largest = 0.0
+        while not generator.is_done() and len(tokens) < new_tokens:
+            largest = max(largest, float(np.abs(np.asarray(generator.get_logits())[0, -1] - expected).max()))
+            generator.generate_next_token()
+            tokens.append(int(generator.get_next_tokens()[0]))
+            expected = runner.logits([tokens[-1]])[-1]
+    return tokens, largest
+
+
+@pytest.mark.parametrize(("length", "new_tokens"), [(1, 4), (5, 4), (64, 4), (150, 8), (190, 100)])
+def test_onnxruntime_genai_runs_the_package_on_the_cpu_ep(npu_package: Path, length: int, new_tokens: int) -> None:
+    """og 0.18 over the package's own genai_config.json (bodies: the QDQ graphs on the CPU EP): shorter than a chunk,
+    one chunk, three with the last padded, and to the end of the 256-slot context (190 tokens pad to 192, which
+    leaves og 64 new tokens). Its logits are the runner's at every step."""
+    prompt = np.random.default_rng(length).integers(10, 2000, length).tolist()
+    tokens, largest = genai_against_runner(npu_package, "cpu", prompt, new_tokens)
+    assert len(tokens) == min(new_tokens, 256 - -(-length // 64) * 64)
+    assert largest < 1e-4
+
+
+@pytest.mark.parametrize("length", [5, 100])
+def test_onnxruntime_genai_runs_the_simulator_binaries(npu_package: Path, length: int) -> None:
+    """og with onnxruntime-qnn's plugin loads the package's simulator binaries with the package's own QNN options:
+    its logits are those of phiexport's runner on the same binaries."""
+    prompt = np.random.default_rng(length).integers(10, 2000, length).tolist()
+    tokens, largest = genai_against_runner(npu_package, "htp-sim", prompt, 3)
+    assert len(tokens) == 3 and largest < 1e-4
