@@ -1,5 +1,9 @@
 """phiexport's runner for static-shape NPU packages: embeddings → body (prefill chunks or 1-token decode) → LM head.
 
+onnxruntime-genai runs the packages (`phiexport run`, runtime/genai.py). This runner is kept for what og cannot give:
+the logits of every position of a teacher-forced sequence (og returns a prompt's last chunk only), which the KL of
+`eval` and of the build's check needs, and single graphs fed directly (the simulator check, calibration).
+
 It drives the graphs as onnxruntime-genai's decoder pipeline does (docs/npu.md): each step feeds `past_seq_len` (the
 tokens in the cache after the step, minus one) and `total_seq_len` to the embeddings graph, which derives the step's
 positions, mask and cache write; the body returns the cache updated in place, which becomes the next step's past.
