@@ -162,7 +162,7 @@ def _modules() -> tuple[type, type, type]:
             mask = torch.where(self.slots[None, :] <= positions[:, None], 0.0, MASKED)
             keep = 1.0 - write.amax(0)
             return (
-                self.embed_tokens(input_ids),
+                self.embed_tokens(input_ids.clamp(max=self.embed_tokens.num_embeddings - 1)),  # og's pad id: V
                 self.cos_table[rows][None, None],
                 self.sin_table[rows][None, None],
                 mask[None, None],

@@ -57,7 +57,7 @@ def _write_embeddings(source: Any, layout: StaticLayout, cos: np.ndarray, sin: n
     nodes = [
         helper.make_node(
             "GatherBlockQuantized",
-            ["embed_tokens.weight_Q4", "input_ids", "embed_tokens.weight_scales"],
+            ["embed_tokens.weight_Q4", "token_rows", "embed_tokens.weight_scales"],
             ["hidden"],
             name="/embed_tokens/Gather_Q4",
             domain="com.microsoft",
@@ -67,7 +67,7 @@ def _write_embeddings(source: Any, layout: StaticLayout, cos: np.ndarray, sin: n
         ),
     ]
     step_nodes, step_constants = _step_nodes(layout)
-    nodes += step_nodes
+    nodes = step_nodes + nodes  # the clamped token ids first
     initializers += step_constants
     steps = ["1", "steps"]
     graph = helper.make_graph(
@@ -101,6 +101,7 @@ def _step_nodes(layout: StaticLayout) -> tuple[list[Any], list[Any]]:
 
     constants = [
         const("one_i64", [1], np.int64),
+        const("last_token", layout.vocab - 1, np.int64),
         const("one_i32", 1, np.int32),
         const("zero_i32", 0, np.int32),
         const("context_i32", [layout.context], np.int32),
@@ -118,6 +119,8 @@ def _step_nodes(layout: StaticLayout) -> tuple[list[Any], list[Any]]:
         return helper.make_node(op, inputs, [output], name=f"/steps/{output}", **attributes)
 
     nodes = [
+        # og's pad id is the first past the vocabulary (genai_pipeline.py); its rows are discarded
+        node("Min", ["input_ids", "last_token"], "token_rows"),
         # positions = past_seq_len + 1 − S + [0 … S−1]
         node("Shape", ["input_ids"], "ids_shape"),
         node("Gather", ["ids_shape", "one_i64"], "steps_i64", axis=0),

@@ -50,6 +50,10 @@ def genai_pipeline_config(checkpoint: Checkpoint, layout: StaticLayout, context:
     return {
         "model": {
             **special_token_ids(checkpoint),
+            # og pads a prompt's last chunk with pad_token_id and takes the prompt to end at its first pad id, so the
+            # pad must be an id no prompt holds (a chat format's own end-of-turn token did: docs/npu.md): the first id
+            # past the vocabulary, which the embeddings graph clamps (pad rows are discarded)
+            "pad_token_id": layout.vocab,
             "context_length": layout.context,
             "type": "decoder-pipeline",
             "vocab_size": layout.vocab,

@@ -87,7 +87,7 @@ class StaticPipeline:
 
     def _step(self, ids: list[int], graph: str, steps: int) -> np.ndarray:
         real = len(ids)
-        padded = np.full((1, steps), PAD_TOKEN, dtype=np.int64)
+        padded = np.full((1, steps), self.layout.vocab, dtype=np.int64)  # the pad id og feeds (genai_pipeline.py)
         padded[0, :real] = ids
         lengths = {
             "past_seq_len": np.array([[self.filled + steps - 1]], dtype=np.int32),

@@ -213,10 +213,15 @@ def genai_against_runner(package: Path, device: str, prompt: list[int], new_toke
 def test_onnxruntime_genai_runs_the_package_on_the_cpu_ep(npu_package: Path, length: int, new_tokens: int) -> None:
     """og 0.18 over the package's own genai_config.json (bodies: the QDQ graphs on the CPU EP): shorter than a chunk,
     one chunk, three with the last padded, and to the end of the 256-slot context (190 tokens pad to 192, which
-    leaves og 64 new tokens). Its logits are the runner's at every step."""
-    prompt = np.random.default_rng(length).integers(10, 2000, length).tolist()
+    leaves og 64 new tokens). Its logits are the runner's at every step. Every prompt holds the model's special ids
+    (og takes a prompt to end at its first pad id: a chat's end-of-turn token must not be the pad)."""
+    prompt = np.random.default_rng(length).integers(0, 2000, length).tolist()
+    config = json.loads((npu_package / "genai_config.json").read_text())["model"]
+    specials = [config["bos_token_id"], *np.atleast_1d(config["eos_token_id"]).tolist(), 0]
+    prompt[: len(specials)] = specials[:length]
     tokens, largest = genai_against_runner(npu_package, "cpu", prompt, new_tokens)
-    assert len(tokens) == min(new_tokens, 256 - -(-length // 64) * 64)
+    stops = set(np.atleast_1d(config["eos_token_id"]).tolist())
+    assert len(tokens) == min(new_tokens, 256 - -(-length // 64) * 64) or tokens[-1] in stops
     assert largest < 1e-4
 
 
