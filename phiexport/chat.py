@@ -33,17 +33,29 @@ def stream_reply(
     Every package runs through onnxruntime-genai; an NPU package's bodies on `device` (`cpu`: its QDQ graphs on the
     CPU EP, or `htp-sim`: its simulator binaries on the HTP simulator; runtime/genai.py).
     """
+    from contextlib import AbstractContextManager, nullcontext
+
+    import onnxruntime_genai as og
+
+    from phiexport.runtime.genai import genai_model
     from phiexport.targets.npu import PIPELINE_FILE
 
     if not (package_dir / "genai_config.json").is_file():
         raise UsageError(
             f"{package_dir} has no genai_config.json", "pass a package directory, e.g. packages/<name>/cpu"
         )
+    model: AbstractContextManager[Any]
     if (package_dir / PIPELINE_FILE).is_file():
         device = device or "cpu"
+        context, chunk = _npu_layout(package_dir, device)
+        model = genai_model(package_dir, device)
     elif device is not None:
         raise UsageError(f"--device applies to NPU packages; {package_dir} is not one", "leave --device out")
-    yield from _stream_genai(package_dir, prompt, max_new_tokens, system, raw, stats, device)
+    else:
+        context, chunk = None, 1
+        model = nullcontext(og.Model(str(package_dir)))
+    with model as opened:
+        yield from _generate(opened, package_dir, prompt, max_new_tokens, system, raw, stats, context, chunk)
 
 
 def think_markers(package_dir: Path) -> tuple[str, str] | None:
@@ -79,26 +91,6 @@ def _npu_layout(package_dir: Path, device: str) -> tuple[int, int]:
         raise UsageError(f"unknown device {device!r}", f"choose one of {', '.join(DEVICES)}")
     layout = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))["layout"]
     return layout["context"], layout["chunk"]
-
-
-def _stream_genai(
-    package_dir: Path,
-    prompt: str,
-    max_new_tokens: int,
-    system: str | None,
-    raw: bool,
-    stats: GenerationStats,
-    device: str | None,
-) -> Iterator[str]:
-    from contextlib import nullcontext
-
-    import onnxruntime_genai as og
-
-    from phiexport.runtime.genai import genai_model
-
-    context, chunk = _npu_layout(package_dir, device) if device is not None else (None, 1)
-    with genai_model(package_dir, device) if device is not None else nullcontext(og.Model(str(package_dir))) as model:
-        yield from _generate(model, package_dir, prompt, max_new_tokens, system, raw, stats, context, chunk)
 
 
 def _generate(

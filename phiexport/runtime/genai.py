@@ -30,8 +30,10 @@ def genai_model(package_dir: Path, device: str) -> Iterator[Any]:
     reads the tokenizer from the model's folder, so the cpu view lives as long)."""
     import onnxruntime_genai as og
 
+    from phiexport.targets.npu import PIPELINE_FILE
+
     config = json.loads((package_dir / "genai_config.json").read_text(encoding="utf-8"))
-    pipeline = json.loads((package_dir / "npu_pipeline.json").read_text(encoding="utf-8"))
+    pipeline = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))
     entries = config["model"]["decoder"]["pipeline"]  # a list of {stage name: stage}
     if device == "cpu":
         for entry in entries:

@@ -35,10 +35,10 @@ class StaticPipeline:
     def __init__(self, sessions: dict[str, Any], layout: StaticLayout):
         self.sessions = sessions
         self.layout = layout
-        self.filled = 0
-        shape = (1, layout.kv_heads, layout.context, layout.head_dim)
-        self.cache = {name: np.zeros(shape, dtype=np.float32) for name in layout.cache_names()}
         self._input_names = body_input_names(layout)
+        self.filled = 0
+        self.cache: dict[str, np.ndarray] = {}
+        self.reset()
 
     @classmethod
     def from_graphs(cls, graphs: dict[str, Path], layout: StaticLayout) -> StaticPipeline:
