@@ -1,5 +1,6 @@
-"""Measure an NPU package against its torch reference: fp32 static pipeline parity, quantized KL/top-1 on the CPU EP,
-the same on the HTP simulator over prompt chunks + decode steps, and greedy text from the simulator.
+"""Measure an NPU package against its torch reference, the package run by onnxruntime-genai: fp32 static pipeline
+parity, teacher-forced KL/top-1 on the CPU EP and on the HTP simulator, og's greedy tokens against phiexport's graph
+runner (the oracle, feeding the same graphs directly), wall time per prefill chunk and decode step on the simulator.
 
     python benchmarks/npu_pipeline.py packages/smollm2-135m-instruct/npu --sequences 64
 """
@@ -17,12 +18,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from phiexport.evaluate.data import chat_prompt, gsm8k_test, scored_sequences
-from phiexport.evaluate.metrics import TokenScores
+from phiexport.evaluate.metrics import TokenScores, first_divergence
 from phiexport.export.static_graphs import StaticLayout, export_static_graphs
 from phiexport.pipeline import cache_root
 from phiexport.quantize.rotation import rotate_decoder
 from phiexport.recipe import Recipe
-from phiexport.runtime.static_pipeline import StaticPackageRunner, StaticPipeline
+from phiexport.runtime.genai import GenaiPipelineRunner
+from phiexport.runtime.static_pipeline import StaticPipeline
 from phiexport.source import resolve_source
 
 
@@ -33,12 +35,40 @@ def incremental(pipeline: StaticPipeline, ids: list[int], decode: int) -> np.nda
     return np.concatenate([pipeline.logits(prompt)] + [pipeline.logits([token]) for token in ids[len(prompt) :]])
 
 
+timed: dict[str, float] = {}
+
+
+def teacher_forced(name: str, runner: GenaiPipelineRunner, scored: list, torch_logits) -> list[tuple[str, str]]:
+    """KL, top-1 and perplexity of the runner's teacher-forced logits against torch's on the scored positions."""
+    scores, seconds = TokenScores(), 0.0
+    for sequence in scored:
+        window = slice(sequence.score_from - 1, len(sequence.token_ids) - 1)
+        targets = np.asarray(sequence.token_ids[sequence.score_from :])
+        start = time.perf_counter()
+        logits = runner.logits(sequence.token_ids)
+        seconds += time.perf_counter() - start
+        scores.add(torch_logits(sequence.token_ids)[window], logits[window], targets)
+    timed[name] = seconds
+    summary = scores.summary()
+    return [
+        (
+            f"{name}, {len(scored)} GSM8K test sequences, {summary['tokens']} tokens: KL mean / p99 / top-1",
+            f"{summary['kl_mean']:.4f} / {summary['kl_p99']:.4f} / {summary['top1_agreement']:.2%}",
+        ),
+        (
+            f"{name}: ppl reference → package",
+            f"{summary['ppl_reference']:.3f} → {summary['ppl_package']:.3f} ({seconds:.0f} s)",
+        ),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("package", type=Path)
     parser.add_argument("--sequences", type=int, default=64, help="held-out sequences scored on the CPU EP")
-    parser.add_argument("--simulator-sequences", type=int, default=1)
-    parser.add_argument("--decode", type=int, default=16, help="decode steps after 2 prompt chunks")
+    parser.add_argument("--simulator-sequences", type=int, default=2, help="held-out sequences on the simulator")
+    parser.add_argument("--decode", type=int, default=16, help="decode steps timed on the simulator")
+    parser.add_argument("--greedy-prompts", type=int, default=8, help="GSM8K prompts for og against the oracle")
     args = parser.parse_args()
 
     manifest = json.loads((args.package / "manifest.json").read_text())
@@ -75,52 +105,63 @@ def main() -> None:
         )
     )
 
-    # 2. quantized package on the CPU EP, teacher-forced over held-out sequences
-    cpu = StaticPackageRunner(args.package, device="cpu")
-    scores, start = TokenScores(), time.perf_counter()
+    # 2. the package through og on the CPU EP, teacher-forced over held-out sequences
+    cpu = GenaiPipelineRunner(args.package, "cpu")
     scored = scored_sequences(tokenizer, args.sequences, min(320, layout.context))
-    for sequence in scored:
-        window = slice(sequence.score_from - 1, len(sequence.token_ids) - 1)
-        targets = np.asarray(sequence.token_ids[sequence.score_from :])
-        scores.add(torch_logits(sequence.token_ids)[window], cpu.logits(sequence.token_ids)[window], targets)
-    summary = scores.summary()
-    rows.append(
-        (
-            f"CPU EP, {len(scored)} GSM8K test sequences, {summary['tokens']} tokens: KL mean / p99 / top-1",
-            f"{summary['kl_mean']:.4f} / {summary['kl_p99']:.4f} / {summary['top1_agreement']:.2%}",
-        )
-    )
-    rows.append(("CPU EP ppl reference → package", f"{summary['ppl_reference']:.3f} → {summary['ppl_package']:.3f}"))
-    rows.append(("CPU EP scoring time", f"{time.perf_counter() - start:.0f} s"))
+    rows += teacher_forced("og, CPU EP", cpu, scored, torch_logits)
 
-    # 3. the HTP simulator: 2 prompt chunks + decode steps, every body node on the HTP
-    start = time.perf_counter()
-    htp = StaticPackageRunner(args.package, device="htp-sim")
-    rows.append(("HTP simulator session creation (compile both bodies)", f"{time.perf_counter() - start:.0f} s"))
-    for name, runner in (("HTP simulator", htp), ("CPU EP (same positions)", cpu)):
-        scores, start = TokenScores(), time.perf_counter()
-        for ids in sequences[: args.simulator_sequences]:
-            ids = ids[: prompt_len + args.decode + 1]
-            scores.add(torch_logits(ids[:-1]), incremental(runner.pipeline, ids[:-1], args.decode), np.asarray(ids[1:]))
-        summary = scores.summary()
-        rows.append(
-            (
-                f"{name}: 2 chunks + {args.decode} decode, {summary['tokens']} positions: KL mean / top-1",
-                f"{summary['kl_mean']:.4f} / {summary['top1_agreement']:.2%} ({time.perf_counter() - start:.0f} s)",
-            )
-        )
-
-    # 4. greedy text from the simulator: a 10-token raw prompt, and the chat prompt of the GSM8K test problem
-    # whose length is nearest 100 tokens
-    short = tokenizer("Here is a short poem about the sea:\n", add_special_tokens=False)["input_ids"]
+    # 3. og's greedy tokens against the oracle's (the QDQ graphs fed directly by phiexport's runner), GSM8K prompts
+    graphs = {
+        name: args.package / file
+        for name, file in json.loads((args.package / "npu_pipeline.json").read_text())["graphs"].items()
+    }
+    oracle = StaticPipeline.from_graphs(graphs, layout)
     prompts = [
         tokenizer(chat_prompt(tokenizer, problem["question"]), add_special_tokens=False)["input_ids"]
-        for problem in gsm8k_test(20)
+        for problem in gsm8k_test(args.greedy_prompts)
     ]
+    divergences = []
+    for prompt in prompts:
+        tokens = cpu.greedy(prompt, 64)
+        oracle.reset()
+        expected = [int(np.argmax(oracle.logits(prompt, prompt=True)[-1]))]
+        for token in tokens[:-1]:
+            expected.append(int(np.argmax(oracle.logits([token])[-1])))
+        divergences.append(first_divergence(expected, tokens))
+    same = sum(d is None for d in divergences)
+    rows.append(
+        (
+            f"og vs oracle, CPU EP, {len(prompts)} GSM8K prompts x 64 greedy tokens: identical / first differences",
+            f"{same}/{len(prompts)} / {[d for d in divergences if d is not None]}",
+        )
+    )
+    cpu.close()
+
+    # 4. the simulator through og: teacher-forced chunks, then greedy decode steps, every body node on the HTP
+    start = time.perf_counter()
+    htp = GenaiPipelineRunner(args.package, "htp-sim")
+    rows.append(("og on the HTP simulator: model load (both bodies)", f"{time.perf_counter() - start:.0f} s"))
+    few = scored[: args.simulator_sequences]
+    rows += teacher_forced("og, HTP simulator", htp, few, torch_logits)
+    chunks = sum(-(-len(s.token_ids) // layout.chunk) for s in few)
+    rows.append(("og, HTP simulator: wall time per prefill chunk", f"{timed['og, HTP simulator'] / chunks:.2f} s"))
+    start = time.perf_counter()
+    tokens = htp.greedy(sequences[0][: layout.chunk], args.decode + 1)
+    steps = len(tokens) - 1
+    prefill = timed["og, HTP simulator"] / chunks
+    rows.append(
+        (
+            "og, HTP simulator: wall time per decode step",
+            f"{(time.perf_counter() - start - prefill) / max(steps, 1):.2f} s ({steps} steps)",
+        )
+    )
+
+    # 5. greedy text from the simulator through og: a 10-token raw prompt, and the GSM8K chat prompt nearest 100 tokens
+    short = tokenizer("Here is a short poem about the sea:\n", add_special_tokens=False)["input_ids"]
     long = min(prompts, key=lambda ids: abs(len(ids) - 100))
     for prompt in (short, long):
         text = tokenizer.decode(htp.greedy(prompt, 32), skip_special_tokens=True)
-        rows.append((f"simulator greedy, {len(prompt)}-token prompt, 32 new tokens", repr(text)))
+        rows.append((f"og on the simulator, greedy, {len(prompt)}-token prompt, 32 new tokens", repr(text)))
 
     print("| measure | value |\n| --- | --- |")
     for measure, value in rows:

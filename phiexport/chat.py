@@ -84,7 +84,7 @@ def _npu_layout(package_dir: Path, device: str) -> tuple[int, int]:
     """An NPU package's context and prefill chunk, once `device` is known."""
     import json
 
-    from phiexport.runtime.static_pipeline import DEVICES
+    from phiexport.runtime.genai import DEVICES
     from phiexport.targets.npu import PIPELINE_FILE
 
     if device not in DEVICES:

@@ -27,7 +27,7 @@ from phiexport.evaluate.onnx_runner import PackageRunner
 from phiexport.evaluate.reference import Reference, open_reference
 from phiexport.package.manifest import package_dirs, read_manifest
 from phiexport.recipe import EvaluationConfig, GatesConfig
-from phiexport.runtime.static_pipeline import StaticPackageRunner, package_stop_ids
+from phiexport.runtime.genai import GenaiPipelineRunner, package_stop_ids
 from phiexport.source import Checkpoint
 
 EVAL_SCHEMA = "phiexport.eval/1"
@@ -42,10 +42,11 @@ class Subject:
     label: str
     package_dir: Path
     target: str
-    device: str  # NPU packages: a StaticPackageRunner device; other packages always run on the CPU EP
+    device: str  # NPU packages: a runtime.genai device; other packages always run on the CPU EP
     precision: str
     method: str
     context: int | None  # the fixed KV cache of an NPU package
+    chunk: int  # tokens per prompt step: og pads an NPU package's prompt to whole chunks (1: no padding)
     contents: str  # digest of every file's sha256: a copy with one byte changed is another package
 
     @property
@@ -59,7 +60,7 @@ class Subject:
 
     def open(self) -> Any:
         if self.context is not None:
-            return StaticPackageRunner(self.package_dir, device=self.device)
+            return GenaiPipelineRunner(self.package_dir, device=self.device)
         return PackageRunner(self.package_dir)
 
 
@@ -84,6 +85,7 @@ def find_subjects(paths: Sequence[Path], npu_devices: Sequence[str]) -> list[Sub
                     precision=quant["precision"],
                     method=quant["method"] if quant["precision"] != "fp32" else "none",
                     context=npu["context_length"] if static else None,
+                    chunk=npu["chunk"] if static else 1,
                     contents=contents,
                 )
             )
@@ -166,7 +168,7 @@ def evaluate_packages(
         tokenizer(chat_prompt(tokenizer, problem["question"]), add_special_tokens=False)["input_ids"]
         for problem in problems
     ]
-    budget = _answer_budget(prompts, evaluation.answer_tokens, contexts)
+    budget = _answer_budget(prompts, evaluation.answer_tokens, [(s.context, s.chunk) for s in subjects if s.context])
 
     reference_key = digest(reference.files, reference.origin, reference.revision)
     stop_ids = sorted(package_stop_ids(subjects[0].package_dir))
@@ -277,15 +279,17 @@ def _score_sequences(
     return keys
 
 
-def _answer_budget(prompts: list[list[int]], answer_tokens: int, contexts: list[int]) -> int:
-    """New tokens per answer, the same for every model: an NPU package's fixed cache must hold prompt + answer."""
-    if not contexts or not prompts:
+def _answer_budget(prompts: list[list[int]], answer_tokens: int, caches: list[tuple[int, int]]) -> int:
+    """New tokens per answer, the same for every model: an NPU package's fixed cache (context, chunk) must hold the
+    prompt, padded by og to whole chunks, and the answer."""
+    if not caches or not prompts:
         return answer_tokens
-    room = min(contexts) - max(len(prompt) for prompt in prompts)
+    longest = max(map(len, prompts))
+    room = min(context - -(-longest // chunk) * chunk for context, chunk in caches)
     if room < 16:
         raise UsageError(
-            f"a GSM8K prompt of {max(map(len, prompts))} tokens leaves {room} of the NPU package's "
-            f"{min(contexts)} cache slots for the answer",
+            f"a GSM8K prompt of {longest} tokens leaves {room} of the NPU package's cache slots for the answer "
+            "(og pads a prompt to whole chunks)",
             "build the NPU package with a larger --context-length",
         )
     return min(answer_tokens, room)

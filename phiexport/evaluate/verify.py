@@ -14,7 +14,7 @@ from phiexport.evaluate.metrics import TokenScores, first_divergence
 from phiexport.evaluate.onnx_runner import PackageRunner
 from phiexport.evaluate.reference import open_reference
 from phiexport.recipe import EvaluationConfig
-from phiexport.runtime.static_pipeline import StaticPackageRunner, package_stop_ids
+from phiexport.runtime.genai import GenaiPipelineRunner, package_stop_ids
 
 REPORT_SCHEMA = "phiexport.report/1"
 T = TypeVar("T")
@@ -100,9 +100,10 @@ class _Runners(dict[str, Any]):
 
 
 def open_runner(package_dir: Path) -> Any:
-    """The runner for a package: phiexport's static pipeline for NPU packages, else the genai decoder."""
+    """The runner for a package: onnxruntime-genai's decoder pipeline over the QDQ bodies on the CPU EP for NPU
+    packages, else the genai decoder."""
     from phiexport.targets.npu import PIPELINE_FILE
 
     if (package_dir / PIPELINE_FILE).is_file():
-        return StaticPackageRunner(package_dir)
+        return GenaiPipelineRunner(package_dir)
     return PackageRunner(package_dir)

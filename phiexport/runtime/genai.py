@@ -6,6 +6,8 @@ options, through onnxruntime-qnn's plugin on the HTP simulator; the weight-shari
 x86 (docs/npu.md). `cpu`: the QDQ body graphs on the CPU execution provider, read through a view of the package (a
 folder of links beside a config without the QNN options: og's config overlay cannot empty a stage's provider list).
 The embeddings and LM head stages run on the CPU in both, as on the device.
+
+`GenaiPipelineRunner` scores and generates through it: `phiexport eval`, the build's check and its simulator check.
 """
 
 from __future__ import annotations
@@ -14,24 +16,38 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from phiexport.errors import UsageError
 from phiexport.export.capture import output_to_log
-from phiexport.runtime.static_pipeline import simulator_binaries
 
 BODY_STAGES = ("prefill", "decode")
+DEVICES = ("cpu", "htp-sim")
 
 
 @contextmanager
-def genai_model(package_dir: Path, device: str) -> Iterator[Any]:
+def genai_model(
+    package_dir: Path,
+    device: str,
+    *,
+    bodies: dict[str, Path] | None = None,
+    profiles: Path | None = None,
+) -> Iterator[Any]:
     """`og.Model` of the NPU package in `package_dir` on `device` (cpu or htp-sim), for the length of the block (og
-    reads the tokenizer from the model's folder, so the cpu view lives as long)."""
+    reads the tokenizer from the model's folder, so the cpu view lives as long).
+
+    htp-sim runs `bodies` (stage → context model) when given, else the package's shipped simulator binaries; with
+    `profiles`, onnxruntime profiles each body's session into `profiles/<stage>_<time>.json` when the model closes."""
     import onnxruntime_genai as og
 
     from phiexport.targets.npu import PIPELINE_FILE
 
+    if device not in DEVICES:
+        raise UsageError(f"unknown device {device!r}", f"choose one of {', '.join(DEVICES)}")
     config = json.loads((package_dir / "genai_config.json").read_text(encoding="utf-8"))
     pipeline = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))
     entries = config["model"]["decoder"]["pipeline"]  # a list of {stage name: stage}
@@ -49,14 +65,118 @@ def genai_model(package_dir: Path, device: str) -> Iterator[Any]:
             (view / "genai_config.json").write_text(json.dumps(config), encoding="utf-8")
             yield og.Model(str(view))
         return
-    _soc, binaries = simulator_binaries(package_dir, pipeline["contexts"])
+    if bodies is None:
+        _soc, shipped = simulator_binaries(package_dir, pipeline["contexts"])
+        bodies = {name: package_dir / path for name, path in shipped.items()}
+    if profiles is not None:
+        profiles.mkdir(parents=True, exist_ok=True)
+    overlay = [
+        {
+            name: {"filename": os.path.relpath(bodies[name], package_dir)}  # og joins it to the folder as text
+            | ({"session_options": {"enable_profiling": str(profiles / name)}} if profiles else {})
+            for name in entry
+            if name in BODY_STAGES
+        }
+        for entry in entries
+    ]
     register_qnn(og)
-    overlay = [{name: {"filename": binaries[name]} for name in entry if name in BODY_STAGES} for entry in entries]
     model_config = og.Config(str(package_dir))
     model_config.overlay(json.dumps({"model": {"decoder": {"pipeline": overlay}}}))
     with output_to_log(Path(os.devnull)):  # the QNN libraries print banners on stdout, which would corrupt --json
         model = og.Model(model_config)
-    yield model
+    try:
+        yield model
+    finally:
+        del model  # closes the sessions, which writes their profiles
+
+
+class GenaiPipelineRunner:
+    """An NPU package opened in onnxruntime-genai for scoring and generation, with the interface of the CPU
+    package runner: `logits(token_ids)` teacher-forced, `greedy(prompt_ids, new_tokens)`.
+
+    Teacher-forced logits come from appending the sequence a chunk at a time and reading each chunk's logits
+    output: og keeps only the last append's, and runs every append through the prefill stage, as a prompt."""
+
+    def __init__(self, package_dir: Path, device: str = "cpu", **model_options: Any):
+        from phiexport.targets.npu import PIPELINE_FILE
+
+        layout = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))["layout"]
+        self.context: int = layout["context"]
+        self.chunk: int = layout["chunk"]
+        self._stack = ExitStack()
+        self.model = self._stack.enter_context(genai_model(package_dir, device, **model_options))
+
+    def close(self) -> None:
+        """Close og's model now (its sessions write their profiles then), not when the runner is collected."""
+        self.model = None
+        self._stack.close()
+
+    def logits(self, token_ids: list[int]) -> np.ndarray:
+        """`[len(token_ids), vocab]` float32 logits, every position of the sequence from an empty cache."""
+        import onnxruntime_genai as og
+
+        if self.padded(len(token_ids)) > self.context:
+            raise UsageError(
+                f"a sequence of {len(token_ids)} tokens exceeds the NPU package's context of {self.context}",
+                "score shorter sequences or build with a larger --context-length",
+            )
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(do_sample=False, max_length=self.context)
+        generator = og.Generator(self.model, params)
+        rows = []
+        for start in range(0, len(token_ids), self.chunk):
+            chunk = token_ids[start : start + self.chunk]
+            generator.append_tokens(chunk)
+            rows.append(np.array(generator.get_output("logits")[0, : len(chunk)], dtype=np.float32))
+        return np.concatenate(rows)
+
+    def greedy(self, prompt_ids: list[int], new_tokens: int) -> list[int]:
+        """og's greedy continuation, stopping at an end-of-sequence id or where the cache is full (og pads the
+        prompt to whole chunks, and the padding takes cache slots)."""
+        return [token for token, _ in self._decode(prompt_ids, new_tokens, keep_logits=False)]
+
+    def greedy_logits(self, prompt_ids: list[int], new_tokens: int) -> tuple[list[int], np.ndarray]:
+        """`greedy`, with the logits each token was chosen from: the prompt's last position, then each decode step."""
+        steps = list(self._decode(prompt_ids, new_tokens, keep_logits=True))
+        return [token for token, _ in steps], np.stack([scores for _, scores in steps])
+
+    def _decode(self, prompt_ids: list[int], new_tokens: int, *, keep_logits: bool) -> Iterator[tuple[int, Any]]:
+        import onnxruntime_genai as og
+
+        room = self.context - self.padded(len(prompt_ids))
+        if min(room, new_tokens) <= 0:
+            return
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(do_sample=False, max_length=self.padded(len(prompt_ids)) + min(room, new_tokens))
+        generator = og.Generator(self.model, params)
+        generator.append_tokens(prompt_ids)
+        while not generator.is_done():
+            scores = np.array(generator.get_logits()[0, -1], dtype=np.float32) if keep_logits else None
+            generator.generate_next_token()
+            yield int(generator.get_next_tokens()[0]), scores
+
+    def padded(self, tokens: int) -> int:
+        """Cache slots a prompt of `tokens` takes in og: whole chunks."""
+        return -(-tokens // self.chunk) * self.chunk
+
+
+def simulator_binaries(package_dir: Path, contexts: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """The first SoC and its separately compiled body binaries (`prefill`, `decode` → path in the package), which
+    the x86 HTP simulator can load; a one-line error when the package was built without them."""
+    soc_name, context = next(iter(contexts.items()))
+    if "simulator" not in context:
+        raise UsageError(
+            f"{package_dir} ships no simulator binaries ({soc_name}/simulator/), and the x86 HTP simulator cannot "
+            "load its weight-sharing pair",
+            "rebuild it with --simulator-binaries (recipe: npu.simulator_binaries: true), or run it with --device cpu",
+        )
+    return soc_name, context["simulator"]
+
+
+def package_stop_ids(package_dir: Path) -> set[int]:
+    """End-of-sequence ids from a package's genai_config.json."""
+    eos = json.loads((package_dir / "genai_config.json").read_text(encoding="utf-8"))["model"]["eos_token_id"]
+    return set(eos) if isinstance(eos, list) else {eos}
 
 
 _registered: list[bool] = [False]

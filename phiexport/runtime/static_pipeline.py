@@ -1,29 +1,29 @@
-"""phiexport's runner for static-shape NPU packages: embeddings → body (prefill chunks or 1-token decode) → LM head.
+"""phiexport's own runner for static-shape NPU graphs: embeddings → body (prefill chunks or 1-token decode) → LM head.
 
-onnxruntime-genai runs the packages (`phiexport run`, runtime/genai.py). This runner is kept for what og cannot give:
-the logits of every position of a teacher-forced sequence (og returns a prompt's last chunk only), which the KL of
-`eval` and of the build's check needs, and single graphs fed directly (the simulator check, calibration).
+onnxruntime-genai runs NPU packages (runtime/genai.py: `run`, `eval`, the build's checks). This runner is kept for
+what og cannot run, graphs that are not a package: the export tests check each graph against torch through it, and
+the tests and benchmarks use it as an oracle og is checked against (it feeds the graphs directly, with onnxruntime).
 
 It drives the graphs as onnxruntime-genai's decoder pipeline does (docs/npu.md): each step feeds `past_seq_len` (the
 tokens in the cache after the step, minus one) and `total_seq_len` to the embeddings graph, which derives the step's
 positions, mask and cache write; the body returns the cache updated in place, which becomes the next step's past.
-`filled` counts the real tokens cached. A prompt is cut into chunks of the prefill size; the last chunk is padded,
-and the pad rows are computed, thrown away and overwritten in the cache by the tokens that follow, so prompts of any
-length run, a single token too.
+`filled` counts the real tokens cached. A sequence is cut into chunks of the prefill size; the last chunk is padded,
+and the pad rows are computed, thrown away and overwritten in the cache by the tokens that follow, so sequences of
+any length run, a single token too.
 
 Build a runner with `StaticPipeline.from_graphs(graphs, layout)` on the paths `export_static_graphs` wrote, then call
-`generate(prompt_ids, new_tokens, stop_ids)` for greedy tokens or `logits(token_ids)` for teacher-forced logits.
+`logits(token_ids)` for teacher-forced logits, one call per step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from phiexport.errors import BuildError, UsageError
+from phiexport.errors import BuildError
 from phiexport.export.static_graphs import STEP_TENSORS, StaticLayout, body_input_names
 
 PAD_TOKEN = 0  # any id works: pad rows are masked from the real ones and discarded
@@ -70,21 +70,6 @@ class StaticPipeline:
         (logits,) = self.sessions["lm_head"].run(["logits"], {"hidden_out": hidden[None]})
         return np.asarray(logits[0], dtype=np.float32)
 
-    def generate(self, prompt_ids: list[int], new_tokens: int, stop_ids: Collection[int] = ()) -> list[int]:
-        """Greedy continuation of `prompt_ids` from an empty cache, stopping at a stop id or the context's end."""
-        return list(self.stream(prompt_ids, new_tokens, stop_ids))
-
-    def stream(self, prompt_ids: list[int], new_tokens: int, stop_ids: Collection[int] = ()) -> Iterator[int]:
-        """`generate`, one token at a time."""
-        self.reset()
-        next_logits = self.logits(prompt_ids, prompt=True)[-1]
-        for produced in range(1, new_tokens + 1):
-            token = int(np.argmax(next_logits))
-            yield token
-            if token in stop_ids or self.filled >= self.layout.context or produced == new_tokens:
-                return
-            next_logits = self.logits([token])[-1]
-
     def _step(self, ids: list[int], graph: str, steps: int) -> np.ndarray:
         real = len(ids)
         padded = np.full((1, steps), self.layout.vocab, dtype=np.int64)  # the pad id og feeds (genai_pipeline.py)
@@ -119,69 +104,3 @@ def exact_session(path: Path) -> Any:
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-DEVICES = ("cpu", "htp-sim")
-
-
-class StaticPackageRunner:
-    """An NPU package opened for scoring and generation, with the interface of the CPU package runner.
-
-    `cpu` runs the QDQ body graphs on the CPU execution provider. `htp-sim` runs the context binaries the build
-    compiled on its own for the package's first SoC (`<soc>/simulator/`, shipped with `--simulator-binaries`) on the
-    HTP simulator with CPU fallback disabled; the weight-sharing pair a device loads cannot load on x86 (docs/npu.md).
-    """
-
-    def __init__(self, package_dir: Path, device: str = "cpu"):
-        import json
-
-        from phiexport.targets.npu import PIPELINE_FILE
-
-        if device not in DEVICES:
-            raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-        description = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))
-        layout = StaticLayout(**description["layout"])
-        graphs = {name: package_dir / file for name, file in description["graphs"].items()}
-        if device == "htp-sim":
-            sessions = {name: cpu_session(graphs[name]) for name in ("embeddings", "lm_head")}
-            self.pipeline = StaticPipeline(sessions | simulator_sessions(package_dir, description["contexts"]), layout)
-        else:
-            self.pipeline = StaticPipeline.from_graphs(graphs, layout)
-        self.stop_ids = package_stop_ids(package_dir)
-
-    def logits(self, token_ids: list[int]) -> np.ndarray:
-        self.pipeline.reset()
-        return self.pipeline.logits(token_ids)
-
-    def greedy(self, prompt_ids: list[int], new_tokens: int) -> list[int]:
-        return self.pipeline.generate(prompt_ids, new_tokens, self.stop_ids)
-
-
-def simulator_sessions(package_dir: Path, contexts: dict[str, Any]) -> dict[str, Any]:
-    """HTP simulator sessions on the separately compiled body binaries of the package's first SoC."""
-    from phiexport.targets.htp import htp_session, soc
-
-    soc_name, binaries = simulator_binaries(package_dir, contexts)
-    target = soc(soc_name)
-    return {kind: htp_session(package_dir / path, target) for kind, path in binaries.items()}
-
-
-def simulator_binaries(package_dir: Path, contexts: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    """The first SoC and its separately compiled body binaries (`prefill`, `decode` → path in the package), which
-    the x86 HTP simulator can load; a one-line error when the package was built without them."""
-    soc_name, context = next(iter(contexts.items()))
-    if "simulator" not in context:
-        raise UsageError(
-            f"{package_dir} ships no simulator binaries ({soc_name}/simulator/), and the x86 HTP simulator cannot "
-            "load its weight-sharing pair",
-            "rebuild it with --simulator-binaries (recipe: npu.simulator_binaries: true), or run it with --device cpu",
-        )
-    return soc_name, context["simulator"]
-
-
-def package_stop_ids(package_dir: Path) -> set[int]:
-    """End-of-sequence ids from a package's genai_config.json."""
-    import json
-
-    eos = json.loads((package_dir / "genai_config.json").read_text(encoding="utf-8"))["model"]["eos_token_id"]
-    return set(eos) if isinstance(eos, list) else {eos}

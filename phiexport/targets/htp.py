@@ -72,13 +72,19 @@ def _qnn_devices() -> list[Any]:
 
 
 def htp_session_options(
-    target: Soc, *, context_path: Path | None = None, embed: bool = False, share: str | None = None
+    target: Soc,
+    *,
+    context_path: Path | None = None,
+    embed: bool = False,
+    share: str | None = None,
+    profiling: tuple[str, Path] | None = None,
 ) -> Any:
     """SessionOptions that put every node on the HTP or fail (CPU fallback disabled).
 
     With `context_path`, creating a session compiles the graph and writes `context_path` (an ONNX model holding one
     EPContext node) beside a `.bin` context binary, or inside it when `embed`. `share` ("open" or "last") puts the
     graphs of consecutive sessions into one context binary holding their common weights once; "last" closes it.
+    `profiling` (level, CSV path) has QNN write its own profile, cycles included at level "detailed".
     """
     import onnxruntime as ort
     import onnxruntime_qnn
@@ -100,33 +106,28 @@ def htp_session_options(
         # block-wise int4 weights become Qualcomm's integer LPBQ encoding; without it each such MatMul runs in fp16
         "enable_block_quant_weight_optimization": "1",
     }
+    if profiling is not None:
+        provider_options |= {"profiling_level": profiling[0], "profiling_file_path": str(profiling[1])}
     options.add_provider_for_devices(_qnn_devices(), provider_options)
     return options
 
 
-def htp_session(model_path: Path, target: Soc, *, profile_prefix: Path | None = None) -> Any:
-    """An InferenceSession running `model_path` (a QDQ graph or a compiled `*_ctx.onnx`) entirely on the HTP.
-
-    With `profile_prefix`, onnxruntime profiles every node run (`node_providers` reads it back). The QNN libraries
-    print banners on the process's stdout, which would corrupt `--json`: they go to /dev/null.
-    """
+def htp_session(model_path: Path, target: Soc) -> Any:
+    """An InferenceSession running `model_path` (a QDQ graph or a compiled `*_ctx.onnx`) entirely on the HTP. The QNN
+    libraries print banners on the process's stdout, which would corrupt `--json`: they go to /dev/null."""
     import onnxruntime as ort
 
     options = htp_session_options(target)
-    if profile_prefix is not None:
-        profile_prefix.parent.mkdir(parents=True, exist_ok=True)
-        options.enable_profiling = True
-        options.profile_file_prefix = str(profile_prefix)
     with output_to_log(Path(os.devnull)):
         return ort.InferenceSession(str(model_path), sess_options=options)
 
 
-def node_providers(session: Any) -> dict[str, int]:
-    """How many nodes ran on each execution provider, read from the profile of a session created with
-    `profile_prefix` (ends its profiling). A graph compiled whole into a context binary shows one QNN node."""
+def node_providers(profile: Path) -> dict[str, int]:
+    """How many nodes ran on each execution provider, read from an onnxruntime profile (a session's
+    `enable_profiling` output). A graph compiled whole into a context binary shows one QNN node."""
     import json
 
-    events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
+    events = json.loads(profile.read_text(encoding="utf-8"))
     nodes = {
         (event["name"], event["args"]["provider"])
         for event in events

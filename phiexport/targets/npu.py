@@ -118,22 +118,22 @@ def build_npu_package(
         separate_dir = package_dir / soc_name / SIMULATOR_DIR if shipped else scratch / f"separate-{soc_name}"
         with progress.stage(f"npu compile {soc_name}", "HTP context binaries, weights shared"):
             contexts[soc_name], separate[soc_name] = compile_for_soc(graphs, package_dir, separate_dir, soc_name)
-    first = npu.socs[0]
-    with progress.stage("npu simulator", f"{npu.simulator_decode_tokens} decode tokens on the HTP simulator"):
-        simulator = simulator_check(
-            graphs,
-            separate[first],
-            layout,
-            activations.sequences[0],
-            first,
-            decode_tokens=npu.simulator_decode_tokens,
-            profiles=scratch / "simulator-profiles",
-        )
-
     write_pipeline_files(package_dir, recipe, checkpoint, layout, contexts)
     for name in TOKENIZER_FILES:
         if (checkpoint.path / name).is_file():
             shutil.copy2(checkpoint.path / name, package_dir / name)
+    first = npu.socs[0]
+    with progress.stage(
+        "npu simulator", f"{npu.simulator_decode_tokens} decode tokens on the HTP simulator, through og"
+    ):
+        simulator = simulator_check(
+            package_dir,
+            separate[first],
+            activations.sequences[0][: layout.chunk],
+            first,
+            decode_tokens=npu.simulator_decode_tokens,
+            profiles=scratch / "simulator-profiles",
+        )
     return {
         "body": f"int{weight_bits} symmetric weights in blocks of {quant.block_size}, uint16 activations (static QDQ)",
         "rotation": f"hadamard, seed {quant.rotation_seed}" if npu.rotate else None,
@@ -290,51 +290,47 @@ def compile_for_soc(
 
 
 def simulator_check(
-    graphs: dict[str, Path],
-    contexts: dict[str, Path],
-    layout: StaticLayout,
-    token_ids: list[int],
+    package_dir: Path,
+    bodies: dict[str, Path],
+    prompt: list[int],
     soc_name: str,
     *,
     decode_tokens: int,
     profiles: Path,
 ) -> dict[str, Any]:
-    """Load the compiled body context binaries on the HTP simulator (CPU fallback disabled), run one prefill chunk and
-    `decode_tokens` decode steps, and compare the logits with the CPU EP running the QDQ graphs.
+    """Run the package through onnxruntime-genai twice, as a device app would: its body graphs on the CPU EP, then
+    the separately compiled context binaries `bodies` through the QNN plugin on the HTP simulator; compare the logits
+    of the prompt (teacher-forced) and of greedy decode steps while both decoded the same tokens.
 
-    Where the body nodes ran is read back from onnxruntime's profile of those runs (written under `profiles`)."""
-    from phiexport.runtime.static_pipeline import StaticPipeline, cpu_session
-    from phiexport.targets.htp import htp_session, node_providers, soc
+    Where the body nodes ran is read back from onnxruntime's profile of the simulator's sessions (under `profiles`)."""
+    from phiexport.runtime.genai import GenaiPipelineRunner
+    from phiexport.targets.htp import node_providers
 
-    target = soc(soc_name)
-    prompt, following = token_ids[: layout.chunk], token_ids[layout.chunk : layout.chunk + decode_tokens]
-    cpu = StaticPipeline.from_graphs(graphs, layout)
-    cpu_logits = np.concatenate([cpu.logits(prompt)] + [cpu.logits([token]) for token in following])
-    del cpu
-    # one simulated body at a time: both took +0.9 GiB per layer of the Phi-4-mini width (BENCHMARKS.md)
-    htp = StaticPipeline(
-        {name: cpu_session(graphs[name]) for name in ("embeddings", "lm_head")} | {"prefill": None, "decode": None},
-        layout,
+    logits: dict[str, np.ndarray] = {}
+    tokens: dict[str, list[int]] = {}
+    for device, options in (("cpu", {}), ("htp-sim", {"bodies": bodies, "profiles": profiles})):
+        runner = GenaiPipelineRunner(package_dir, device, **options)  # one at a time: each holds its body sessions
+        tokens[device], steps = runner.greedy_logits(prompt, decode_tokens + 1)
+        logits[device] = np.concatenate([runner.logits(prompt), steps[1:]])  # step i decodes greedy token i - 1
+        runner.close()
+    cpu_tokens = tokens["cpu"]
+    same = next(
+        (i for i, pair in enumerate(zip(cpu_tokens, tokens["htp-sim"], strict=False)) if pair[0] != pair[1]),
+        len(cpu_tokens),
     )
-    placement: dict[str, dict[str, int]] = {}
-    steps = []
-    for kind, tokens in (("prefill", [prompt]), ("decode", [[token] for token in following])):
-        if not tokens:
-            continue
-        session = htp_session(contexts[kind], target, profile_prefix=profiles / kind)
-        htp.sessions[kind] = session
-        steps += [htp.logits(chunk) for chunk in tokens]
-        placement[kind] = node_providers(session)
-        htp.sessions[kind] = None
-    htp_logits = np.concatenate(steps)
-    del htp
+    decoded = min(same, len(cpu_tokens) - 1)  # decode steps fed the same tokens on both
+    positions = len(prompt) + decoded
     scores = TokenScores()
-    scores.add(cpu_logits, htp_logits, np.asarray(token_ids[1 : len(htp_logits) + 1]))
+    scores.add(
+        logits["cpu"][:positions], logits["htp-sim"][:positions], np.asarray(prompt[1:] + cpu_tokens[: decoded + 1])
+    )
     agreement = scores.summary()
+    placement = {kind: node_providers(next(profiles.glob(f"{kind}_*.json"))) for kind in bodies}
     return {
         "soc": soc_name,
-        "positions": len(htp_logits),
-        "loaded": "context binaries compiled per body (the shared pair loads only on ARM)",
+        "positions": positions,
+        "decode_steps_compared": decoded,
+        "loaded": "context binaries compiled per body, run by onnxruntime-genai (the shared pair loads only on ARM)",
         "body_nodes": placement,
         "every_body_node_on_htp": all(set(nodes) == {HTP_PROVIDER} for nodes in placement.values()),
         "kl_mean_vs_cpu_ep": agreement["kl_mean"],
