@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quantize
 from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 from transformers import AutoModelForCausalLM
 
 from phiexport.evaluate.data import scored_sequences
@@ -143,17 +145,23 @@ def gqa_layer(layer: Any, layout: StaticLayout, cos: torch.Tensor, sin: torch.Te
         cache = torch.zeros(1, layout.kv_heads, layout.context, layout.head_dim)
         example = (torch.zeros(1, steps, layout.hidden), torch.zeros(1, 1, dtype=torch.int32), cache, cache.clone())
         paths[kind] = output / f"gqa_{kind}.onnx"
+        traced = output / f"traced_{kind}.onnx"
         with torch.no_grad():
             torch.onnx.export(
                 GqaBody(),
                 example,
-                str(paths[kind]),
+                str(traced),
                 dynamo=False,
-                opset_version=17,
+                opset_version=20,
                 input_names=["hidden", "past_seq_len", "past_key.0", "past_value.0"],
                 output_names=["hidden_out", "present_key.0", "present_value.0"],
                 custom_opsets={"com.microsoft": 1},
             )
+        model = onnx.load(str(traced))
+        for opset in model.opset_import:  # as phiexport's own export (static_graphs._export): opset 21, shapes typed
+            if opset.domain in ("", "ai.onnx"):
+                opset.version = 21
+        onnx.save(SymbolicShapeInference.infer_shapes(model), str(paths[kind]))
     return paths
 
 

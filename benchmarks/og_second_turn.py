@@ -42,11 +42,16 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.package)
     eos = set(np.atleast_1d(json.loads((args.package / "genai_config.json").read_text())["model"]["eos_token_id"]))
     oracle = StaticPipeline.from_graphs(graphs, layout)
+
+    def ids(messages: list[dict[str, str]]) -> list[int]:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
     print("| turn 2 | og reply | oracle reply (fed correctly) | first difference | KL of og's turn-2 steps |")
     print("| --- | --- | --- | --- | --- |")
     with genai_model(args.package, "cpu") as model:
         for first, second in CONVERSATIONS:
-            turn1 = tokenizer.apply_chat_template([{"role": "user", "content": first}], add_generation_prompt=True)
+            turn1 = ids([{"role": "user", "content": first}])
             params = og.GeneratorParams(model)
             params.set_search_options(do_sample=False, max_length=layout.context)
             generator = og.Generator(model, params)
@@ -59,9 +64,7 @@ def main() -> None:
                 {"role": "user", "content": first},
                 {"role": "assistant", "content": tokenizer.decode(reply1, skip_special_tokens=True)},
             ]
-            whole = tokenizer.apply_chat_template(
-                [*history, {"role": "user", "content": second}], add_generation_prompt=True
-            )
+            whole = ids([*history, {"role": "user", "content": second}])
             turn2 = whole[len(turn1) + len(reply1) :]  # what an app appends: the rest of the conversation's template
             generator.append_tokens(turn2)
             og_reply, og_logits = [], []

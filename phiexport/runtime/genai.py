@@ -3,9 +3,9 @@ the body stages pointed at what this machine can execute.
 
 `htp-sim`: the separately compiled context binaries of the first SoC (`<soc>/simulator/`), with the package's own QNN
 options, through onnxruntime-qnn's plugin on the HTP simulator; the weight-sharing pair a device loads cannot load on
-x86 (docs/npu.md). `cpu`: the QDQ body graphs on the CPU execution provider, read through a view of the package (a
-folder of links beside a config without the QNN options: og's config overlay cannot empty a stage's provider list).
-The embeddings and LM head stages run on the CPU in both, as on the device.
+x86 (docs/npu.md). `cpu`: the QDQ body graphs on the CPU execution provider. og reads a view of the package: a folder
+of links beside an edited genai_config.json (og's config overlay cannot empty a stage's provider list, nor drop a
+stage). The embeddings and LM head stages run on the CPU in both, as on the device.
 
 `GenaiPipelineRunner` scores and generates through it: `phiexport eval`, the build's check and its simulator check.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,67 +27,71 @@ from phiexport.export.capture import output_to_log
 
 BODY_STAGES = ("prefill", "decode")
 DEVICES = ("cpu", "htp-sim")
+SIMULATOR_LINK = "simulator-bodies"  # the view's link to the folder of the simulated bodies
 
 
 @contextmanager
 def genai_model(
     package_dir: Path,
-    device: str,
+    device: str | Mapping[str, str | None],
     *,
     bodies: dict[str, Path] | None = None,
     profiles: Path | None = None,
 ) -> Iterator[Any]:
-    """`og.Model` of the NPU package in `package_dir` on `device` (cpu or htp-sim), for the length of the block (og
-    reads the tokenizer from the model's folder, so the cpu view lives as long).
+    """`og.Model` of the NPU package in `package_dir` for the length of the block (og reads the tokenizer from the
+    model's folder, so the view lives as long).
 
-    htp-sim runs `bodies` (stage → context model) when given, else the package's shipped simulator binaries; with
-    `profiles`, onnxruntime profiles each body's session into `profiles/<stage>_<time>.json` when the model closes."""
+    `device` (cpu or htp-sim) places both bodies, or maps each body stage to one (None drops the stage: without its
+    decode stage the model can only take prompts). Simulated stages run `bodies` (stage → context model) when
+    given, else the package's shipped simulator binaries; with `profiles`, onnxruntime profiles each simulated body's
+    session into `profiles/<stage>_<time>.json` when the model closes."""
     import onnxruntime_genai as og
 
     from phiexport.targets.npu import PIPELINE_FILE
 
-    if device not in DEVICES:
-        raise UsageError(f"unknown device {device!r}", f"choose one of {', '.join(DEVICES)}")
+    placement = {name: device for name in BODY_STAGES} if isinstance(device, str) else dict(device)
+    for where in placement.values():
+        if where is not None and where not in DEVICES:
+            raise UsageError(f"unknown device {where!r}", f"choose one of {', '.join(DEVICES)}")
     config = json.loads((package_dir / "genai_config.json").read_text(encoding="utf-8"))
     pipeline = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))
-    entries = config["model"]["decoder"]["pipeline"]  # a list of {stage name: stage}
-    if device == "cpu":
-        for entry in entries:
-            for name, stage in entry.items():
-                if name in BODY_STAGES:
-                    stage["filename"] = pipeline["graphs"][name]  # the QDQ graph
-                    stage.pop("session_options", None)
-        with tempfile.TemporaryDirectory(prefix="phiexport-genai-") as scratch:
-            view = Path(scratch)
-            for item in package_dir.iterdir():
-                if item.name != "genai_config.json":
-                    (view / item.name).symlink_to(item.absolute())
-            (view / "genai_config.json").write_text(json.dumps(config), encoding="utf-8")
-            yield og.Model(str(view))
-        return
-    if bodies is None:
+    simulated = [name for name, where in placement.items() if where == "htp-sim"]
+    if simulated and bodies is None:
         _soc, shipped = simulator_binaries(package_dir, pipeline["contexts"])
         bodies = {name: package_dir / path for name, path in shipped.items()}
-    if profiles is not None:
-        profiles.mkdir(parents=True, exist_ok=True)
-    overlay = [
-        {
-            name: {"filename": os.path.relpath(bodies[name], package_dir)}  # og joins it to the folder as text
-            | ({"session_options": {"enable_profiling": str(profiles / name)}} if profiles else {})
-            for name in entry
-            if name in BODY_STAGES
-        }
-        for entry in entries
-    ]
-    register_qnn(og)
-    model_config = og.Config(str(package_dir))
-    model_config.overlay(json.dumps({"model": {"decoder": {"pipeline": overlay}}}))
-    with output_to_log(Path(os.devnull)):  # the QNN libraries print banners on stdout, which would corrupt --json
-        model = og.Model(model_config)
-    try:
-        yield model
-    finally:
-        del model  # closes the sessions, which writes their profiles
+    entries = []
+    for entry in config["model"]["decoder"]["pipeline"]:  # a list of {stage name: stage}
+        ((name, stage),) = entry.items()
+        where = placement.get(name, "cpu")
+        if name in BODY_STAGES and where is None:
+            continue
+        if name in BODY_STAGES and where == "cpu":
+            stage["filename"] = pipeline["graphs"][name]  # the QDQ graph
+            stage.pop("session_options", None)
+        elif name in BODY_STAGES:
+            assert bodies is not None
+            stage["filename"] = f"{SIMULATOR_LINK}/{bodies[name].name}"  # the context model finds its .bin beside it
+            if profiles is not None:
+                profiles.mkdir(parents=True, exist_ok=True)
+                stage.setdefault("session_options", {})["enable_profiling"] = str(profiles / name)
+        entries.append(entry)
+    config["model"]["decoder"]["pipeline"] = entries
+    with tempfile.TemporaryDirectory(prefix="phiexport-genai-") as scratch:
+        view = Path(scratch)
+        for item in package_dir.iterdir():
+            if item.name != "genai_config.json":
+                (view / item.name).symlink_to(item.absolute())
+        if simulated:
+            assert bodies is not None
+            (view / SIMULATOR_LINK).symlink_to(bodies[simulated[0]].parent.absolute())
+            register_qnn(og)
+        (view / "genai_config.json").write_text(json.dumps(config), encoding="utf-8")
+        with output_to_log(Path(os.devnull)):  # the QNN libraries print banners on stdout, which would corrupt --json
+            model = og.Model(str(view))
+        try:
+            yield model
+        finally:
+            del model  # closes the sessions, which writes their profiles
 
 
 class GenaiPipelineRunner:
@@ -97,7 +101,7 @@ class GenaiPipelineRunner:
     Teacher-forced logits come from appending the sequence a chunk at a time and reading each chunk's logits
     output: og keeps only the last append's, and runs every append through the prefill stage, as a prompt."""
 
-    def __init__(self, package_dir: Path, device: str = "cpu", **model_options: Any):
+    def __init__(self, package_dir: Path, device: str | Mapping[str, str | None] = "cpu", **model_options: Any):
         from phiexport.targets.npu import PIPELINE_FILE
 
         layout = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))["layout"]

@@ -298,37 +298,40 @@ def simulator_check(
     decode_tokens: int,
     profiles: Path,
 ) -> dict[str, Any]:
-    """Run the package through onnxruntime-genai twice, as a device app would: its body graphs on the CPU EP, then
-    the separately compiled context binaries `bodies` through the QNN plugin on the HTP simulator; compare the logits
-    of the prompt (teacher-forced) and of greedy decode steps while both decoded the same tokens.
+    """Run the package through onnxruntime-genai as a device app would, its bodies on the CPU EP (QDQ graphs), then
+    with the separately compiled context binaries `bodies` through the QNN plugin on the HTP simulator, and compare:
+    the prompt chunk teacher-forced, then greedy decode steps while both decoded the same tokens (og cannot force a
+    token into a decode step). One simulated body at a time: first the prefill alone (og then takes prompts only),
+    then the decode after the prefill's QDQ graph on the CPU EP, so the decode steps start from the CPU EP's cache.
 
-    Where the body nodes ran is read back from onnxruntime's profile of the simulator's sessions (under `profiles`)."""
+    Where the body nodes ran is read back from onnxruntime's profile of the simulated sessions (under `profiles`)."""
     from phiexport.runtime.genai import GenaiPipelineRunner
     from phiexport.targets.htp import node_providers
 
-    logits: dict[str, np.ndarray] = {}
-    tokens: dict[str, list[int]] = {}
-    for device, options in (("cpu", {}), ("htp-sim", {"bodies": bodies, "profiles": profiles})):
-        runner = GenaiPipelineRunner(package_dir, device, **options)  # one at a time: each holds its body sessions
-        tokens[device], steps = runner.greedy_logits(prompt, decode_tokens + 1)
-        logits[device] = np.concatenate([runner.logits(prompt), steps[1:]])  # step i decodes greedy token i - 1
+    def run(placement: dict[str, str | None], steps: int) -> tuple[np.ndarray, list[int], np.ndarray]:
+        runner = GenaiPipelineRunner(package_dir, placement, bodies=bodies, profiles=profiles)
+        chunk = runner.logits(prompt)
+        tokens, step_logits = runner.greedy_logits(prompt, steps) if steps else ([], np.empty((0, 0)))
         runner.close()
-    cpu_tokens = tokens["cpu"]
-    same = next(
-        (i for i, pair in enumerate(zip(cpu_tokens, tokens["htp-sim"], strict=False)) if pair[0] != pair[1]),
-        len(cpu_tokens),
-    )
-    decoded = min(same, len(cpu_tokens) - 1)  # decode steps fed the same tokens on both
-    positions = len(prompt) + decoded
+        return chunk, tokens, step_logits
+
+    cpu_chunk, cpu_tokens, cpu_steps = run({"prefill": "cpu", "decode": "cpu"}, decode_tokens + 1)
+    htp_chunk, _, _ = run({"prefill": "htp-sim", "decode": None}, 0)
+    _, htp_tokens, htp_steps = run({"prefill": "cpu", "decode": "htp-sim"}, decode_tokens + 1)
+    # decode step i (logits row i) decodes greedy token i - 1: comparable while both chose the same tokens before it
+    same = next((i for i, (a, b) in enumerate(zip(cpu_tokens, htp_tokens, strict=False)) if a != b), len(cpu_tokens))
+    decoded = min(same, len(cpu_tokens) - 1, len(htp_tokens) - 1)
     scores = TokenScores()
     scores.add(
-        logits["cpu"][:positions], logits["htp-sim"][:positions], np.asarray(prompt[1:] + cpu_tokens[: decoded + 1])
+        np.concatenate([cpu_chunk, cpu_steps[1 : decoded + 1]]),
+        np.concatenate([htp_chunk, htp_steps[1 : decoded + 1]]),
+        np.asarray(prompt[1:] + cpu_tokens[: decoded + 1]),
     )
     agreement = scores.summary()
     placement = {kind: node_providers(next(profiles.glob(f"{kind}_*.json"))) for kind in bodies}
     return {
         "soc": soc_name,
-        "positions": positions,
+        "positions": len(prompt) + decoded,
         "decode_steps_compared": decoded,
         "loaded": "context binaries compiled per body, run by onnxruntime-genai (the shared pair loads only on ARM)",
         "body_nodes": placement,

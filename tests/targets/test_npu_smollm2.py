@@ -1,7 +1,7 @@
 """The README's first command, NPU package: the embedded SmolLM2-135M-Instruct as GPTQ w4a16 bodies, compiled for
-the HTP, checked on the simulator from the binaries the build shipped. (Generating text on the simulator through
-`phiexport run --device htp-sim` is tested on the miniature, tests/targets/test_npu_build.py: 30 simulated layers
-cost 84 s per call.)"""
+the HTP, checked through onnxruntime-genai on the CPU EP and on the simulator from the binaries the build shipped.
+(Generating text on the simulator through `phiexport run --device htp-sim` is tested on the miniature,
+tests/targets/test_npu_build.py: 30 simulated layers cost 84 s per call.)"""
 
 import json
 
@@ -19,13 +19,15 @@ def test_npu_package_runs_on_the_htp_simulator_and_tracks_the_reference(smollm2_
     }
     context = manifest["weights"]["contexts"]["x-elite"]
     assert (context["soc_model"], context["htp_arch"]) == (60, 73)
-    # one copy of the body weights, not two: measured 69.4 MB shared against 122.0 MB compiled separately
+    # one copy of the body weights, not two: measured 71.0 MB shared against 123.6 MB compiled separately
     assert context["shared_bytes"] < 0.62 * context["separate_bytes"]
     simulator = manifest["weights"]["simulator"]
     assert simulator["body_nodes"] == {"prefill": {"QNNExecutionProvider": 1}, "decode": {"QNNExecutionProvider": 1}}
-    # the simulator against the CPU EP on the same QDQ bodies, a chunk and 4 decode steps: measured KL 0.064, top-1 84 %
-    assert simulator["kl_mean_vs_cpu_ep"] < 0.13 and simulator["top1_agreement_vs_cpu_ep"] >= 0.7
+    # og on the simulator against og on the CPU EP, same QDQ bodies, a chunk and 4 decode steps: measured KL 0.084,
+    # top-1 80.9 %, all 4 decode steps fed the same tokens
+    assert simulator["kl_mean_vs_cpu_ep"] < 0.17 and simulator["top1_agreement_vs_cpu_ep"] >= 0.7
+    assert simulator["positions"] > 64
     metrics = report["metrics"]
     assert metrics["tokens"] > 3000
-    assert 0.04 < metrics["kl_mean"] < 0.15  # w4a16 with GPTQ weights measured 0.078 (with RTN: 0.43)
-    assert metrics["top1_agreement"] > 0.82  # measured 88.5 %
+    assert 0.04 < metrics["kl_mean"] < 0.15  # w4a16 with GPTQ weights, through og: measured 0.079 (with RTN: 0.43)
+    assert metrics["top1_agreement"] > 0.82  # measured 88.1 %
