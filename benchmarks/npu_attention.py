@@ -49,51 +49,18 @@ AFFINITY = Path(tempfile.gettempdir()) / "phiexport-gqa-affinity.json"  # the QN
 
 
 class Gqa(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx: Any,
-        q: Any,
-        k: Any,
-        v: Any,
-        past_k: Any,
-        past_v: Any,
-        seqlens: Any,
-        total: Any,
-        cos: Any,
-        sin: Any,
-        heads: int,
-        kv_heads: int,
-        scale: float,
-    ) -> Any:
-        return q * 1.0, past_k.clone(), past_v.clone()  # shapes only: the export records the op below
+    """com.microsoft.GroupQueryAttention in the exported graph; `forward` only gives the tracer its output shapes."""
 
     @staticmethod
-    def symbolic(
-        g: Any,
-        q: Any,
-        k: Any,
-        v: Any,
-        past_k: Any,
-        past_v: Any,
-        seqlens: Any,
-        total: Any,
-        cos: Any,
-        sin: Any,
-        heads: int,
-        kv_heads: int,
-        scale: float,
-    ) -> Any:
+    def forward(ctx: Any, q: Any, k: Any, v: Any, past_k: Any, past_v: Any, *rest: Any) -> Any:
+        return q * 1.0, past_k.clone(), past_v.clone()
+
+    @staticmethod
+    def symbolic(g: Any, *args: Any) -> Any:
+        *tensors, heads, kv_heads, scale = args  # q, k, v, past k/v, seqlens_k, total length, cos and sin caches
         return g.op(
             "com.microsoft::GroupQueryAttention",
-            q,
-            k,
-            v,
-            past_k,
-            past_v,
-            seqlens,
-            total,
-            cos,
-            sin,
+            *tensors,
             num_heads_i=heads,
             kv_num_heads_i=kv_heads,
             do_rotary_i=1,
