@@ -1,6 +1,7 @@
 """Measure an NPU package against its torch reference, the package run by onnxruntime-genai: fp32 static pipeline
 parity, teacher-forced KL/top-1 on the CPU EP and on the HTP simulator, og's greedy tokens against phiexport's graph
 runner (the oracle, feeding the same graphs directly), wall time per prefill chunk and decode step on the simulator.
+Greedy text through og alone: benchmarks/og_plain.py.
 
     python benchmarks/npu_pipeline.py packages/smollm2-135m-instruct/npu --sequences 64
 """
@@ -12,6 +13,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +38,23 @@ def incremental(pipeline: StaticPipeline, ids: list[int], decode: int) -> np.nda
 
 
 timed: dict[str, float] = {}
+
+
+class Rows(list[tuple[str, str]]):
+    """The table's rows, printed as they are measured (the simulator rows take minutes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        print("| measure | value |\n| --- | --- |", flush=True)
+
+    def append(self, row: tuple[str, str]) -> None:
+        super().append(row)
+        print(f"| {row[0]} | {row[1]} |", flush=True)
+
+    def __iadd__(self, rows: Any) -> Rows:
+        for row in rows:
+            self.append(row)
+        return self
 
 
 def teacher_forced(name: str, runner: GenaiPipelineRunner, scored: list, torch_logits) -> list[tuple[str, str]]:
@@ -66,8 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("package", type=Path)
     parser.add_argument("--sequences", type=int, default=64, help="held-out sequences scored on the CPU EP")
-    parser.add_argument("--simulator-sequences", type=int, default=2, help="held-out sequences on the simulator")
-    parser.add_argument("--decode", type=int, default=16, help="decode steps timed on the simulator")
+    parser.add_argument("--simulator-sequences", type=int, default=1, help="held-out sequences on the simulator")
+    parser.add_argument("--decode", type=int, default=8, help="decode steps timed on the simulator")
     parser.add_argument("--greedy-prompts", type=int, default=8, help="GSM8K prompts for og against the oracle")
     args = parser.parse_args()
 
@@ -77,7 +96,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
     reference = AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=torch.float32).eval()
     layout = StaticLayout(**json.loads((args.package / "npu_pipeline.json").read_text())["layout"])
-    rows: list[tuple[str, str]] = []
+    rows = Rows()
 
     def torch_logits(ids: list[int]) -> np.ndarray:
         with torch.no_grad():
@@ -155,17 +174,6 @@ def main() -> None:
             f"{(time.perf_counter() - start - prefill) / max(steps, 1):.2f} s ({steps} steps)",
         )
     )
-
-    # 5. greedy text from the simulator through og: a 10-token raw prompt, and the GSM8K chat prompt nearest 100 tokens
-    short = tokenizer("Here is a short poem about the sea:\n", add_special_tokens=False)["input_ids"]
-    long = min(prompts, key=lambda ids: abs(len(ids) - 100))
-    for prompt in (short, long):
-        text = tokenizer.decode(htp.greedy(prompt, 32), skip_special_tokens=True)
-        rows.append((f"og on the simulator, greedy, {len(prompt)}-token prompt, 32 new tokens", repr(text)))
-
-    print("| measure | value |\n| --- | --- |")
-    for measure, value in rows:
-        print(f"| {measure} | {value} |")
 
 
 if __name__ == "__main__":
