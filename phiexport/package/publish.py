@@ -1,4 +1,7 @@
-"""Atomic output: a build writes into a hidden sibling directory that is renamed into place only on success."""
+"""Atomic output: a build writes into a hidden sibling directory that is renamed into place only on success.
+
+The staging folder is private while the build runs (mkdtemp: mode 700); what is published gets the modes the user's
+umask gives new files, so a package built into a shared folder is readable by whoever the umask lets read it."""
 
 from __future__ import annotations
 
@@ -61,12 +64,46 @@ def staged_output(output: Path, *, force: bool) -> Iterator[Path]:
     try:
         yield staging
         raise_if_interrupted()
-        _swap_into(staging, output)
+        _umask_modes(staging)
+        if force:
+            _swap_into(staging, output)
+        else:
+            _publish_new(staging, output)
     except GateFailed:
+        _umask_modes(staging)
         _swap_into(staging, rejected_path(output))
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish_new(staging: Path, output: Path) -> None:
+    """Rename into place unless another build published `output` meanwhile (the rename is refused atomically for a
+    non-empty folder): then keep this build's work beside it, under a name the error gives."""
+    try:
+        os.rename(staging, output)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            raise
+        kept = output.with_name(f"{output.name}.unpublished-{os.getpid()}")
+        os.rename(staging, kept)
+        raise UsageError(
+            f"{output} appeared while this build ran (another build published it); this build is kept in {kept}",
+            f"compare the two, then move {kept.name} into place or rerun with --force",
+        ) from exc
+
+
+def _umask_modes(root: Path) -> None:
+    """Give every published folder and file the mode a new one gets under the current umask (folders 777, files
+    666, less the umask), instead of the staging folder's private 700 and the 600 some writers leave."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for folder, _subfolders, files in os.walk(root):
+        os.chmod(folder, 0o777 & ~umask)
+        for name in files:
+            path = Path(folder) / name
+            if not path.is_symlink():
+                os.chmod(path, 0o666 & ~umask)
 
 
 def _swap_into(staging: Path, destination: Path) -> None:

@@ -62,3 +62,35 @@ def test_staging_left_by_a_killed_build_is_swept(tmp_path):
         pass
     assert not dead.exists()
     assert alive.exists()
+
+
+def test_a_published_package_is_readable_as_the_umask_allows(tmp_path):
+    """The staging folder is private (700); the package is not: folders 755 and files 644 under umask 022, including
+    a file its writer created 600 (onnx external data written through mkstemp)."""
+    output = tmp_path / "out"
+    previous = os.umask(0o022)
+    try:
+        with staged_output(output, force=False) as staging:
+            (staging / "cpu").mkdir(mode=0o700)
+            data = staging / "cpu" / "model.onnx.data"
+            data.write_text("x")
+            data.chmod(0o600)
+    finally:
+        os.umask(previous)
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in [output, *output.rglob("*")]}
+    assert modes == {"out": 0o755, "out/cpu": 0o755, "out/cpu/model.onnx.data": 0o644}
+
+
+def test_an_output_published_meanwhile_is_not_replaced(tmp_path):
+    """Two builds into the same output: the one finishing second fails in one line naming where its work is kept,
+    and the first one's package stays."""
+    output = tmp_path / "out"
+    appeared = pytest.raises(UsageError, match="appeared while this build ran")
+    with appeared as caught, staged_output(output, force=False) as staging:
+        (staging / "second").write_text("second")
+        output.mkdir()  # the other build publishes first
+        (output / "first").write_text("first")
+    kept = tmp_path / f"out.unpublished-{os.getpid()}"
+    assert str(kept) in str(caught.value)
+    assert os.listdir(output) == ["first"] and os.listdir(kept) == ["second"]
+    assert "--force" in caught.value.fix
