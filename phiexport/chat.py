@@ -47,8 +47,8 @@ def stream_reply(
     model: AbstractContextManager[Any]
     if (package_dir / PIPELINE_FILE).is_file():
         device = device or "cpu"
-        context, chunk = _npu_layout(package_dir, device)
-        model = genai_model(package_dir, device)
+        context, chunk = _npu_layout(package_dir)
+        model = genai_model(package_dir, device)  # refuses an unknown device
     elif device is not None:
         raise UsageError(f"--device applies to NPU packages; {package_dir} is not one", "leave --device out")
     else:
@@ -80,15 +80,12 @@ def _messages(prompt: str, system: str | None) -> list[dict[str, str]]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
 
-def _npu_layout(package_dir: Path, device: str) -> tuple[int, int]:
-    """An NPU package's context and prefill chunk, once `device` is known."""
+def _npu_layout(package_dir: Path) -> tuple[int, int]:
+    """An NPU package's context and prefill chunk."""
     import json
 
-    from phiexport.runtime.genai import DEVICES
     from phiexport.targets.npu import PIPELINE_FILE
 
-    if device not in DEVICES:
-        raise UsageError(f"unknown device {device!r}", f"choose one of {', '.join(DEVICES)}")
     layout = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))["layout"]
     return layout["context"], layout["chunk"]
 
@@ -107,6 +104,8 @@ def _generate(
     import onnxruntime_genai as og
     from transformers import AutoTokenizer
 
+    from phiexport.runtime.genai import padded_length
+
     tokenizer = og.Tokenizer(model)
     if raw:
         text = prompt
@@ -117,7 +116,7 @@ def _generate(
     stats.prompt_tokens = len(tokens)
     max_length = len(tokens) + max_new_tokens
     if context is not None:  # og pads the prompt to whole chunks, and the padded prompt must leave room in the cache
-        padded = -(-len(tokens) // chunk) * chunk
+        padded = padded_length(len(tokens), chunk)
         if padded >= context:
             raise UsageError(
                 f"the prompt has {len(tokens)} tokens ({padded} in whole {chunk}-token chunks); the package's context "

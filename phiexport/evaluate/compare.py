@@ -27,7 +27,7 @@ from phiexport.evaluate.onnx_runner import PackageRunner
 from phiexport.evaluate.reference import Reference, open_reference
 from phiexport.package.manifest import package_dirs, read_manifest
 from phiexport.recipe import EvaluationConfig, GatesConfig
-from phiexport.runtime.genai import GenaiPipelineRunner, package_stop_ids
+from phiexport.runtime.genai import GenaiPipelineRunner, package_stop_ids, padded_length
 from phiexport.source import Checkpoint
 
 EVAL_SCHEMA = "phiexport.eval/1"
@@ -285,7 +285,7 @@ def _answer_budget(prompts: list[list[int]], answer_tokens: int, caches: list[tu
     if not caches or not prompts:
         return answer_tokens
     longest = max(map(len, prompts))
-    room = min(context - -(-longest // chunk) * chunk for context, chunk in caches)
+    room = min(context - padded_length(longest, chunk) for context, chunk in caches)
     if room < 16:
         raise UsageError(
             f"a GSM8K prompt of {longest} tokens leaves {room} of the NPU package's cache slots for the answer "

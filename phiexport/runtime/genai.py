@@ -160,8 +160,12 @@ class GenaiPipelineRunner:
             yield int(generator.get_next_tokens()[0]), scores
 
     def padded(self, tokens: int) -> int:
-        """Cache slots a prompt of `tokens` takes in og: whole chunks."""
-        return -(-tokens // self.chunk) * self.chunk
+        return padded_length(tokens, self.chunk)
+
+
+def padded_length(tokens: int, chunk: int) -> int:
+    """Cache slots a prompt of `tokens` takes in og's decoder pipeline: it pads a prompt to whole chunks."""
+    return -(-tokens // chunk) * chunk
 
 
 def simulator_binaries(package_dir: Path, contexts: dict[str, Any]) -> tuple[str, dict[str, str]]:

@@ -308,16 +308,16 @@ def simulator_check(
     from phiexport.runtime.genai import GenaiPipelineRunner
     from phiexport.targets.htp import node_providers
 
-    def run(placement: dict[str, str | None], steps: int) -> tuple[np.ndarray, list[int], np.ndarray]:
+    def run(placement: dict[str, str | None], *, chunk: bool, steps: int) -> tuple[Any, list[int], np.ndarray]:
         runner = GenaiPipelineRunner(package_dir, placement, bodies=bodies, profiles=profiles)
-        chunk = runner.logits(prompt)
+        chunk_logits = runner.logits(prompt) if chunk else None
         tokens, step_logits = runner.greedy_logits(prompt, steps) if steps else ([], np.empty((0, 0)))
         runner.close()
-        return chunk, tokens, step_logits
+        return chunk_logits, tokens, step_logits
 
-    cpu_chunk, cpu_tokens, cpu_steps = run({"prefill": "cpu", "decode": "cpu"}, decode_tokens + 1)
-    htp_chunk, _, _ = run({"prefill": "htp-sim", "decode": None}, 0)
-    _, htp_tokens, htp_steps = run({"prefill": "cpu", "decode": "htp-sim"}, decode_tokens + 1)
+    cpu_chunk, cpu_tokens, cpu_steps = run({"prefill": "cpu", "decode": "cpu"}, chunk=True, steps=decode_tokens + 1)
+    htp_chunk, _, _ = run({"prefill": "htp-sim", "decode": None}, chunk=True, steps=0)
+    _, htp_tokens, htp_steps = run({"prefill": "cpu", "decode": "htp-sim"}, chunk=False, steps=decode_tokens + 1)
     # decode step i (logits row i) decodes greedy token i - 1: comparable while both chose the same tokens before it
     same = next((i for i, (a, b) in enumerate(zip(cpu_tokens, htp_tokens, strict=False)) if a != b), len(cpu_tokens))
     decoded = min(same, len(cpu_tokens) - 1, len(htp_tokens) - 1)
