@@ -2,14 +2,15 @@
 
     .venv/bin/python benchmarks/npu_compile.py packages/smollm2-135m-instruct/npu /data/phi4-4-layers/npu
 
-For each package: the prefill and the decode body compiled alone, then both into one weight-sharing binary (what the
-package ships), for one SoC; wall time and peak RSS of each compile, bytes of the binaries, and the QDQ body's own
-size and node count for scale.
+For each package and each of its body parts: the prefill and the decode graph compiled alone, then both into one
+weight-sharing binary (what the package ships), for one SoC; wall time and peak RSS of each compile, bytes of the
+binaries, and the QDQ graphs' own size and node count for scale.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -19,7 +20,7 @@ from build_process import run_measured
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from phiexport.targets.npu import GRAPH_FILES
+from phiexport.export.body_parts import BODY_KINDS, described_parts
 
 COMPILE = """
 import sys
@@ -47,9 +48,13 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for package in args.packages:
-        bodies = {kind: package / GRAPH_FILES[kind] for kind in ("prefill", "decode")}
-        runs = {"prefill alone": [bodies["prefill"]], "decode alone": [bodies["decode"]]}
-        runs["prefill + decode, weights shared"] = list(bodies.values())
+        parts = described_parts(json.loads((package / "npu_pipeline.json").read_text())["parts"])
+        runs = {}
+        for part in parts:
+            bodies = {kind: package / part.graph_file(kind) for kind in BODY_KINDS}
+            runs[f"part {part.index}: prefill alone"] = [bodies["prefill"]]
+            runs[f"part {part.index}: decode alone"] = [bodies["decode"]]
+            runs[f"part {part.index}: prefill + decode, weights shared"] = list(bodies.values())
         for name, graphs in runs.items():
             with tempfile.TemporaryDirectory() as scratch:
                 command = [sys.executable, "-c", COMPILE, args.soc, scratch, *map(str, graphs)]

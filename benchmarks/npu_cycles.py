@@ -51,10 +51,11 @@ def main() -> None:
     print("| package | body | cycles | wall s |\n| --- | --- | --- | --- |")
     for package in args.packages:
         soc_name, context = next(iter(json.loads((package / "npu_pipeline.json").read_text())["contexts"].items()))
-        for body, path in context["simulator"].items():
-            with tempfile.TemporaryDirectory() as scratch:
-                cycles, seconds = body_cycles(package / path, soc_name, Path(scratch) / "qnn.csv")
-            print(f"| {package} | {body} | {cycles / 1e6:.1f} M | {seconds:.2f} |")
+        for index, part in enumerate(context["parts"]):
+            for body, path in part["simulator"].items():
+                with tempfile.TemporaryDirectory() as scratch:
+                    cycles, seconds = body_cycles(package / path, soc_name, Path(scratch) / "qnn.csv")
+                print(f"| {package} | {body}_{index} | {cycles / 1e6:.1f} M | {seconds:.2f} |")
 
 
 if __name__ == "__main__":

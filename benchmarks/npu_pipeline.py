@@ -130,11 +130,7 @@ def main() -> None:
     rows += teacher_forced("og, CPU EP", cpu, scored, torch_logits)
 
     # 3. og's greedy tokens against the oracle's (the QDQ graphs fed directly by phiexport's runner), GSM8K prompts
-    graphs = {
-        name: args.package / file
-        for name, file in json.loads((args.package / "npu_pipeline.json").read_text())["graphs"].items()
-    }
-    oracle = StaticPipeline.from_graphs(graphs, layout)
+    oracle = StaticPipeline.from_package(args.package)
     prompts = [
         tokenizer(chat_prompt(tokenizer, problem["question"]), add_special_tokens=False)["input_ids"]
         for problem in gsm8k_test(args.greedy_prompts)

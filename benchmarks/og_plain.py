@@ -3,7 +3,7 @@
     python benchmarks/og_plain.py packages/smollm2-135m-instruct/npu --device cpu
     python benchmarks/og_plain.py packages/smollm2-135m-instruct/npu --device htp-sim
 
-`cpu` points the two body stages of the package's genai_config.json at its QDQ graphs (body_*.onnx) on the CPU EP;
+`cpu` points the body stages of the package's genai_config.json at its QDQ graphs (body*.onnx) on the CPU EP;
 `htp-sim` points them at the separately compiled context binaries in <soc>/simulator/ and runs them through
 onnxruntime-qnn's plugin on Qualcomm's HTP simulator (x86 cannot load the weight-sharing pair a device loads). Every
 other byte of the package is used as shipped. Prints a table: prompt, its token count, og's greedy reply.

@@ -36,12 +36,10 @@ def main() -> None:
     parser.add_argument("package", type=Path)
     parser.add_argument("--new-tokens", type=int, default=32)
     args = parser.parse_args()
-    description = json.loads((args.package / "npu_pipeline.json").read_text())
-    layout = StaticLayout(**description["layout"])
-    graphs = {name: args.package / file for name, file in description["graphs"].items()}
+    layout = StaticLayout(**json.loads((args.package / "npu_pipeline.json").read_text())["layout"])
     tokenizer = AutoTokenizer.from_pretrained(args.package)
     eos = set(np.atleast_1d(json.loads((args.package / "genai_config.json").read_text())["model"]["eos_token_id"]))
-    oracle = StaticPipeline.from_graphs(graphs, layout)
+    oracle = StaticPipeline.from_package(args.package)
 
     def ids(messages: list[dict[str, str]]) -> list[int]:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

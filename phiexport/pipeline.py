@@ -37,7 +37,7 @@ from phiexport.quantize.weight_only import builder_options, check_block_layout, 
 from phiexport.recipe import Recipe
 from phiexport.source import resolve_source
 from phiexport.targets import TARGETS, Target
-from phiexport.targets.npu import build_npu_package, check_npu_weights
+from phiexport.targets.npu import build_npu_package, check_npu_weights, drop_qdq_bodies
 from phiexport.targets.op_contract import load_contract
 
 
@@ -199,6 +199,8 @@ def _build_into(
                     reports[name]["structure"] = structure
                 if name in chat_setup:
                     reports[name]["chat"] = chat_setup[name]
+                if target.static_shapes:
+                    drop_qdq_bodies(package_dir, recipe)
                 report_text = json.dumps(reports[name], indent=2) + "\n"
                 (package_dir / "report.json").write_text(report_text, encoding="utf-8")
                 write_model_card(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -166,6 +166,18 @@ class NpuConfig(_Strict):
     socs: tuple[str, ...] = Field(("x-elite",), min_length=1, description="SoCs to compile context binaries for")
     context_length: int = Field(512, ge=2, le=131072, description="KV cache slots: the longest sequence it runs")
     chunk: int = Field(64, ge=2, le=1024, description="Prompt tokens per prefill step")
+    parts: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description="Context binaries the body is cut into (consecutive decoder layers each); auto: the fewest "
+        "whose weights each fit part_budget_mib",
+    )
+    part_budget_mib: int = Field(
+        512,
+        ge=16,
+        le=4096,
+        description="Weight budget of one context binary for parts: auto (Qualcomm's published LLM parts hold "
+        "0.5-1 GB; docs/npu.md)",
+    )
     rotate: bool = Field(True, description="Fold a Hadamard rotation into the weights before quantizing")
     activation_sequences: int = Field(
         16, ge=1, le=1024, description="Calibration conversations recorded for the activation ranges (the first N)"
@@ -177,6 +189,11 @@ class NpuConfig(_Strict):
         False,
         description="Also ship each body compiled on its own for the first SoC (<soc>/simulator/): the x86 HTP "
         "simulator runs those, not the weight-sharing pair",
+    )
+    qdq_bodies: bool = Field(
+        False,
+        description="Also ship the QDQ body graphs (body<k>_*.onnx), which the CPU EP runs (run/eval --device cpu) "
+        "and other SoCs' binaries compile from; a device loads only the context binaries",
     )
 
     @field_validator("socs")

@@ -194,9 +194,11 @@ def mini_phi4_transformers5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_phi4_mini(tmp_path_factory.mktemp("mini-phi3-t5"), transformers5_rope_keys=True)
 
 
-# The calibrated build most tests share: GPTQ weights, CPU and NPU packages, the NPU bodies also compiled on their own.
+# The calibrated build most tests share: GPTQ weights, CPU and NPU packages, the NPU body in two parts, each also
+# compiled on its own (for the simulator) and shipped as QDQ graphs (for the CPU EP).
 MINI_GPTQ_BUILD = ("--target", "cpu", "--target", "npu", "--quant", "gptq", "--calibration-sequences", "4")
-MINI_GPTQ_BUILD += ("--context-length", "256", "--eval-sequences", "2", "--simulator-binaries")
+MINI_GPTQ_BUILD += ("--context-length", "256", "--eval-sequences", "2", "--parts", "2")
+MINI_GPTQ_BUILD += ("--simulator-binaries", "--qdq-bodies")
 
 
 def build_mini_gptq(mini_phi4: Path, root: Path, name: str) -> Path:

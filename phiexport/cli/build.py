@@ -37,11 +37,25 @@ def build(
     ] = None,
     context_length: Annotated[int | None, typer.Option(help="npu: KV cache slots (longest sequence).")] = None,
     chunk: Annotated[int | None, typer.Option(help="npu: prompt tokens per prefill step.")] = None,
+    parts: Annotated[
+        str | None,
+        typer.Option(help="npu: context binaries the body is cut into: N, or auto (512 MiB of weights each) [auto]."),
+    ] = None,
     simulator_binaries: Annotated[
         bool,
         typer.Option(
             "--simulator-binaries",
             help="npu: also ship each body compiled on its own (<soc>/simulator/), which the x86 HTP simulator runs.",
+        ),
+    ] = False,
+    qdq_bodies: Annotated[
+        bool,
+        typer.Option("--qdq-bodies", help="npu: also ship the QDQ body graphs, which the CPU EP runs (--device cpu)."),
+    ] = False,
+    device_only: Annotated[
+        bool,
+        typer.Option(
+            "--device-only", help="npu: ship only what a device loads (no QDQ bodies, no simulator binaries)."
         ),
     ] = False,
     precision: Annotated[str | None, typer.Option(help="Weights: int4, int8, fp32 (cpu) or fp16 (dml).")] = None,
@@ -101,6 +115,10 @@ def build(
 
         if key is not None and not sign:
             raise UsageError("--key is only used with --sign", "add --sign, or drop --key")
+        if device_only and (qdq_bodies or simulator_binaries):
+            raise UsageError(
+                "--device-only ships neither QDQ bodies nor simulator binaries", "drop --device-only or the other flag"
+            )
         signing_key = None
         if sign:  # a missing or unreadable key fails now, not after the build
             from phiexport.package.signing import load_private_key
@@ -136,10 +154,15 @@ def build(
                 "--soc": ("npu.socs", tuple(soc) if soc else None),
                 "--context-length": ("npu.context_length", context_length),
                 "--chunk": ("npu.chunk", chunk),
+                "--parts": ("npu.parts", parts),
                 "--simulator-binaries": ("npu.simulator_binaries", simulator_binaries or None),
+                "--qdq-bodies": ("npu.qdq_bodies", qdq_bodies or None),
                 "--target": ("targets", tuple(target) if target else None),
             }
         )
+        if device_only:  # one flag, two keys
+            overrides.setdefault("npu", {}).update(qdq_bodies=False, simulator_binaries=False)
+            flags |= {"npu.qdq_bodies": "--device-only", "npu.simulator_binaries": "--device-only"}
         if source is not None and revision is None:
             overrides["source"]["revision"] = None  # a recipe's Hub revision does not apply to another source
         resolved = base.with_overrides(overrides, flags)

@@ -65,11 +65,12 @@ class StaticLayout:
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
 
-    def cache_names(self) -> list[str]:
-        return [f"past_{kind}.{i}" for i in range(self.layers) for kind in ("key", "value")]
+    def cache_names(self, layers: range | None = None) -> list[str]:
+        """The past key/value inputs of `layers` (default: every layer)."""
+        return [f"past_{kind}.{i}" for i in layers or range(self.layers) for kind in ("key", "value")]
 
-    def present_names(self) -> list[str]:
-        return [f"present_{kind}.{i}" for i in range(self.layers) for kind in ("key", "value")]
+    def present_names(self, layers: range | None = None) -> list[str]:
+        return [f"present_{kind}.{i}" for i in layers or range(self.layers) for kind in ("key", "value")]
 
 
 STEP_TENSORS = ("cos", "sin", "mask", "write", "keep")  # what the embeddings graph derives from past_seq_len
@@ -311,12 +312,21 @@ def _export_bodies(body: Any, layout: StaticLayout, paths: dict[str, Path]) -> N
 EMBEDDINGS_INPUTS = ("input_ids", "past_seq_len", "total_seq_len")
 
 
-def body_input_names(layout: StaticLayout) -> list[str]:
-    return ["hidden", *STEP_TENSORS, *layout.cache_names()]
+def residual_name(layer: int, layers: int) -> str:
+    """The residual stream entering decoder layer `layer` of `layers`: the body's input (`hidden`), its output
+    (`hidden_out`), or between the two the link from one body part to the next (`hidden.<layer>`)."""
+    return "hidden" if layer == 0 else "hidden_out" if layer == layers else f"hidden.{layer}"
 
 
-def body_output_names(layout: StaticLayout) -> list[str]:
-    return ["hidden_out", *layout.present_names()]
+def body_input_names(layout: StaticLayout, layers: range | None = None) -> list[str]:
+    """Inputs of the body graph computing `layers` (default: every layer)."""
+    layers = layers or range(layout.layers)
+    return [residual_name(layers.start, layout.layers), *STEP_TENSORS, *layout.cache_names(layers)]
+
+
+def body_output_names(layout: StaticLayout, layers: range | None = None) -> list[str]:
+    layers = layers or range(layout.layers)
+    return [residual_name(layers.stop, layout.layers), *layout.present_names(layers)]
 
 
 def body_example(layout: StaticLayout, steps: int) -> tuple[Any, ...]:

@@ -1,10 +1,10 @@
-"""One body graph from per-layer body graphs, without loading their weights.
+"""One body graph (or one part of it) from per-layer body graphs, without loading their weights.
 
 Layer l's graph (a one-layer layout: hidden, the step tensors, past_key.0/past_value.0 → hidden_out,
 present_key.0/present_value.0) has its internal names moved under `/layers.l/`, its cache inputs and outputs
-renumbered, and its `hidden_out` wired to layer l+1's `hidden`; the step tensors (cos, sin, mask, write, keep) stay
-shared. Weights are copied from each layer's data
-file into the body's, a tensor at a time.
+renumbered, and its `hidden_out` wired to layer l+1's `hidden` (named as in the whole body, so a part's output is
+the next part's input); the step tensors (cos, sin, mask, write, keep) stay shared. Weights are copied from each
+layer's data file into the body's, a tensor at a time.
 
 Quantized per layer, the graphs repeat what the whole graph had once: every layer quantizes the shared inputs with
 the same parameters, and a layer boundary becomes Q → DQ → Q → DQ with equal parameters. `merge_repeated_qdq` folds
@@ -18,25 +18,32 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from phiexport.export.static_graphs import STEP_TENSORS, StaticLayout, body_input_names, body_output_names
+from phiexport.export.static_graphs import (
+    STEP_TENSORS,
+    StaticLayout,
+    body_input_names,
+    body_output_names,
+    residual_name,
+)
 
 SHARED_INPUTS = STEP_TENSORS
 
 
-def stitch_layers(layer_graphs: list[Path], layout: StaticLayout, output: Path) -> Path:
-    """Write the body graph of `layout` (its `layers` one-layer graphs in order) to `output`, data beside it."""
+def stitch_layers(layer_graphs: list[Path], layout: StaticLayout, output: Path, *, first: int = 0) -> Path:
+    """Write the body graph of decoder layers `first` … (one one-layer graph each, in order) of `layout` to
+    `output`, data beside it."""
     import onnx
 
     data_name = f"{output.name}.data"
     nodes: list[Any] = []
     initializers: list[Any] = []
     value_info: list[Any] = []
-    first: Any = None
+    model_0: Any = None
     with (output.parent / data_name).open("wb") as data:
         for index, path in enumerate(layer_graphs):
             model = onnx.load(str(path), load_external_data=False)
-            first = first or model
-            rename = _renamer(index, len(layer_graphs))
+            model_0 = model_0 or model
+            rename = _renamer(first + index, layout.layers)
             for node in model.graph.node:
                 node.name = rename(node.name)
                 node.input[:] = [rename(name) if name else name for name in node.input]
@@ -50,18 +57,19 @@ def stitch_layers(layer_graphs: list[Path], layout: StaticLayout, output: Path) 
             for info in model.graph.value_info:
                 info.name = rename(info.name)
                 value_info.append(info)
-    inputs = {info.name: info for info in first.graph.input}
-    outputs = {info.name: info for info in first.graph.output}
+    inputs = {info.name: info for info in model_0.graph.input}
+    outputs = {info.name: info for info in model_0.graph.output}
+    layers = range(first, first + len(layer_graphs))
     graph = onnx.helper.make_graph(
         nodes,
         "body",
-        [_renamed_info(inputs, name) for name in body_input_names(layout)],
-        [_renamed_info(outputs, name) for name in body_output_names(layout)],
+        [_renamed_info(inputs, name, "hidden") for name in body_input_names(layout, layers)],
+        [_renamed_info(outputs, name, "hidden_out") for name in body_output_names(layout, layers)],
         initializers,
         value_info=value_info,
     )
     merge_repeated_qdq(graph)
-    model = onnx.helper.make_model(graph, opset_imports=first.opset_import, ir_version=first.ir_version)
+    model = onnx.helper.make_model(graph, opset_imports=model_0.opset_import, ir_version=model_0.ir_version)
     onnx.save(model, str(output))
     return output
 
@@ -109,14 +117,10 @@ def merge_repeated_qdq(graph: Any) -> int:
 
 
 def _renamer(index: int, layers: int) -> Callable[[str], str]:
-    """Names of layer `index`'s graph in the stitched body."""
-
-    def link(layer: int) -> str:  # the residual stream entering decoder layer `layer`
-        return "hidden" if layer == 0 else "hidden_out" if layer == layers else f"hidden.{layer}"
-
+    """Names of layer `index`'s graph (of `layers`) in the stitched body."""
     fixed = {
-        "hidden": link(index),
-        "hidden_out": link(index + 1),
+        "hidden": residual_name(index, layers),
+        "hidden_out": residual_name(index + 1, layers),
         **{name: name for name in SHARED_INPUTS},
         **{f"{kind}.0": f"{kind}.{index}" for kind in ("past_key", "past_value", "present_key", "present_value")},
     }
@@ -132,11 +136,12 @@ def _renamer(index: int, layers: int) -> Callable[[str], str]:
     return rename
 
 
-def _renamed_info(infos: dict[str, Any], name: str) -> Any:
-    """Layer 0's declaration of a body input or output, under its stitched name."""
+def _renamed_info(infos: dict[str, Any], name: str, residual: str) -> Any:
+    """The first layer's declaration of a body input or output, under its stitched name (`residual`: the
+    one-layer graph's name of the residual stream on that side)."""
     import copy
 
-    generic = name if name in infos else f"{name.rsplit('.', 1)[0]}.0"
+    generic = residual if name.startswith("hidden") else name if name in infos else f"{name.rsplit('.', 1)[0]}.0"
     info = copy.deepcopy(infos[generic])
     info.name = name
     return info

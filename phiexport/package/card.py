@@ -91,15 +91,17 @@ def _run_section(name: str, weights: dict[str, Any]) -> str:
     simulator = (
         f"""`--device htp-sim` runs the bodies compiled on their own in `{first}/simulator/` on
 Qualcomm's HTP simulator, every node on the HTP. """
-        if "simulator" in context
+        if all("simulator" in part for part in context["parts"])
         else ""
     )
+    layers = ", ".join(f"{first_layer}-{stop - 1}" for first_layer, stop in weights["parts"]["layers"])
     return f"""## What is inside
 
 - `embeddings.onnx` (token embedding {weights["embeddings"]}, rotary tables) and `lm_head.onnx` ({weights["lm_head"]})
-  run on the CPU; `body_prefill.onnx` and `body_decode.onnx` are the QDQ transformer bodies (prefill chunk and
-  1-token decode over a fixed KV cache), `npu_pipeline.json` their shapes and contract.
-- Precompiled HTP context binaries, prefill and decode sharing one copy of the weights: {socs}.
+  run on the CPU; the transformer body is cut into {len(weights["parts"]["layers"])} part(s) of decoder layers
+  ({layers}), each a prefill-chunk and a 1-token decode graph over a fixed KV cache (`body<k>_prefill.onnx`,
+  `body<k>_decode.onnx`, QDQ), `npu_pipeline.json` their shapes and contract.
+- Precompiled HTP context binaries, one per part, its prefill and decode sharing one copy of the weights: {socs}.
 
 ## Run it
 

@@ -1,17 +1,12 @@
-"""genai_config.json of onnxruntime-genai's `decoder-pipeline` kind for an NPU package: embeddings → prefill or
-decode context binary → LM head, with a sliding window of the prefill chunk."""
+"""genai_config.json of onnxruntime-genai's `decoder-pipeline` kind for an NPU package: embeddings → each body
+part's prefill or decode context binary → LM head, with a sliding window of the prefill chunk."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from phiexport.export.static_graphs import (
-    EMBEDDINGS_INPUTS,
-    STEP_TENSORS,
-    StaticLayout,
-    body_input_names,
-    body_output_names,
-)
+from phiexport.export.body_parts import BodyPart
+from phiexport.export.static_graphs import EMBEDDINGS_INPUTS, STEP_TENSORS, StaticLayout
 from phiexport.source import Checkpoint
 from phiexport.source.hf_dir import read_json
 
@@ -29,8 +24,10 @@ def special_token_ids(checkpoint: Checkpoint) -> dict[str, Any]:
     return {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}
 
 
-def genai_pipeline_config(checkpoint: Checkpoint, layout: StaticLayout, context: dict[str, Any]) -> dict[str, Any]:
-    """The config for one SoC's context binaries (`context` as recorded by the NPU build)."""
+def genai_pipeline_config(
+    checkpoint: Checkpoint, layout: StaticLayout, parts: list[BodyPart], context: dict[str, Any]
+) -> dict[str, Any]:
+    """The config for one SoC's context binaries (`context` as recorded by the NPU build, a record per part)."""
     qnn = {
         "log_id": "onnxruntime-genai",
         "provider_options": [
@@ -46,7 +43,20 @@ def genai_pipeline_config(checkpoint: Checkpoint, layout: StaticLayout, context:
         "past_sequence_length": "past_seq_len",
         "total_sequence_length": "total_seq_len",
     }
-    body_inputs, body_outputs = body_input_names(layout), body_output_names(layout)
+    bodies = [
+        {
+            part.stage(kind): {
+                "filename": record[kind],
+                "session_options": qnn,
+                "inputs": part.input_names(layout),
+                "outputs": part.output_names(layout),
+                # og runs the prefill stages on prompt chunks and the decode stages on generated tokens
+                "run_on_token_gen" if kind == "prefill" else "run_on_prompt": False,
+            }
+        }
+        for part, record in zip(parts, context["parts"], strict=True)
+        for kind in ("prefill", "decode")
+    ]
     return {
         "model": {
             **special_token_ids(checkpoint),
@@ -84,24 +94,7 @@ def genai_pipeline_config(checkpoint: Checkpoint, layout: StaticLayout, context:
                             "outputs": ["hidden", *STEP_TENSORS],
                         }
                     },
-                    {
-                        "prefill": {
-                            "filename": context["prefill"],
-                            "session_options": qnn,
-                            "inputs": body_inputs,
-                            "outputs": body_outputs,
-                            "run_on_token_gen": False,
-                        }
-                    },
-                    {
-                        "decode": {
-                            "filename": context["decode"],
-                            "session_options": qnn,
-                            "inputs": body_inputs,
-                            "outputs": body_outputs,
-                            "run_on_prompt": False,
-                        }
-                    },
+                    *bodies,
                     {
                         "lm_head": {
                             "filename": "lm_head.onnx",

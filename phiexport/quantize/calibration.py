@@ -89,9 +89,10 @@ class LayerCalibration:
                     self._values[call.sequence][:, :, call.start : stop] = values[:, :, call.start : stop]
                 self._next_rows[kind][call.sequence][call.row : call.row + call.steps] = hidden[0]
 
-    def feeds(self, kind: str) -> Callable[[], Iterator[Feed]]:
-        """The current layer's samples for graph `kind`, built one at a time each time they are iterated."""
-        return lambda: (self._feed(kind, call) for call in self.calls[kind])
+    def reader(self, kind: str) -> FeedReader:
+        """The current layer's samples for graph `kind`, built one at a time each time they are read."""
+        calls = self.calls[kind]
+        return FeedReader(lambda start, stop: (self._feed(kind, call) for call in calls[start:stop]), len(calls))
 
     def advance(self) -> None:
         """Move to the next layer: its input rows are the outputs `run_layer` recorded."""
@@ -118,14 +119,26 @@ def log_uniform_fills(length: int, count: int, rng: np.random.Generator) -> list
 
 
 class FeedReader:
-    """onnxruntime's CalibrationDataReader protocol over samples made on demand by `feeds()`."""
+    """onnxruntime's CalibrationDataReader protocol over `count` samples made on demand: `samples(start, stop)`
+    yields samples start … stop − 1. `set_range` lets onnxruntime's strided calibration read them a batch at a
+    time (static_qdq.py)."""
 
-    def __init__(self, feeds: Callable[[], Iterator[Feed]]):
-        self._feeds = feeds
-        self._iterator = feeds()
+    def __init__(self, samples: Callable[[int, int], Iterator[Feed]], count: int):
+        self._samples, self._count = samples, count
+        self._iterator = samples(0, count)
+
+    @classmethod
+    def of(cls, feeds: list[Feed]) -> FeedReader:
+        return cls(lambda start, stop: iter(feeds[start:stop]), len(feeds))
+
+    def __len__(self) -> int:
+        return self._count
 
     def get_next(self) -> Feed | None:
         return next(self._iterator, None)
 
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._iterator = self._samples(start_index, end_index)
+
     def rewind(self) -> None:
-        self._iterator = self._feeds()
+        self._iterator = self._samples(0, self._count)

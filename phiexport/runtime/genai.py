@@ -25,7 +25,6 @@ import numpy as np
 from phiexport.errors import UsageError
 from phiexport.export.capture import output_to_log
 
-BODY_STAGES = ("prefill", "decode")
 DEVICES = ("cpu", "htp-sim")
 SIMULATOR_LINK = "simulator-bodies"  # the view's link to the folder of the simulated bodies
 
@@ -41,20 +40,24 @@ def genai_model(
     """`og.Model` of the NPU package in `package_dir` for the length of the block (og reads the tokenizer from the
     model's folder, so the view lives as long).
 
-    `device` (cpu or htp-sim) places both bodies, or maps each body stage to one (None drops the stage: without its
-    decode stage the model can only take prompts). Simulated stages run `bodies` (stage → context model) when
-    given, else the package's shipped simulator binaries; with `profiles`, onnxruntime profiles each simulated body's
-    session into `profiles/<stage>_<time>.json` when the model closes."""
+    `device` (cpu or htp-sim) places every body stage, or maps body stages (`prefill_0`, `decode_0`, … one pair per
+    body part) to one, the others on the CPU EP (None drops the stage: without decode stages the model can only take
+    prompts). Simulated stages run `bodies` (stage → context model, all in one folder) when given, else the
+    package's shipped simulator binaries; with `profiles`, onnxruntime profiles each simulated body's session into
+    `profiles/<stage>_<time>.json` when the model closes."""
     import onnxruntime_genai as og
 
+    from phiexport.export.body_parts import BODY_KINDS, described_parts
     from phiexport.targets.npu import PIPELINE_FILE
 
-    placement = {name: device for name in BODY_STAGES} if isinstance(device, str) else dict(device)
+    pipeline = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))
+    parts = described_parts(pipeline["parts"])
+    graphs = {part.stage(kind): part.graph_file(kind) for part in parts for kind in BODY_KINDS}
+    placement = dict.fromkeys(graphs, device) if isinstance(device, str) else {**dict.fromkeys(graphs, "cpu"), **device}
     for where in placement.values():
         if where is not None and where not in DEVICES:
             raise UsageError(f"unknown device {where!r}", f"choose one of {', '.join(DEVICES)}")
     config = json.loads((package_dir / "genai_config.json").read_text(encoding="utf-8"))
-    pipeline = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))
     simulated = [name for name, where in placement.items() if where == "htp-sim"]
     if simulated and bodies is None:
         _soc, shipped = simulator_binaries(package_dir, pipeline["contexts"])
@@ -63,12 +66,18 @@ def genai_model(
     for entry in config["model"]["decoder"]["pipeline"]:  # a list of {stage name: stage}
         ((name, stage),) = entry.items()
         where = placement.get(name, "cpu")
-        if name in BODY_STAGES and where is None:
+        if name in graphs and where is None:
             continue
-        if name in BODY_STAGES and where == "cpu":
-            stage["filename"] = pipeline["graphs"][name]  # the QDQ graph
+        if name in graphs and where == "cpu":
+            if not (package_dir / graphs[name]).is_file():
+                raise UsageError(
+                    f"{package_dir} ships no QDQ body graphs (the device layout: context binaries only), which the "
+                    "CPU EP runs",
+                    "rebuild it with --qdq-bodies (recipe: npu.qdq_bodies: true), or run it with --device htp-sim",
+                )
+            stage["filename"] = graphs[name]  # the QDQ graph
             stage.pop("session_options", None)
-        elif name in BODY_STAGES:
+        elif name in graphs:
             assert bodies is not None
             stage["filename"] = f"{SIMULATOR_LINK}/{bodies[name].name}"  # the context model finds its .bin beside it
             if profiles is not None:
@@ -169,16 +178,22 @@ def padded_length(tokens: int, chunk: int) -> int:
 
 
 def simulator_binaries(package_dir: Path, contexts: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    """The first SoC and its separately compiled body binaries (`prefill`, `decode` → path in the package), which
-    the x86 HTP simulator can load; a one-line error when the package was built without them."""
+    """The first SoC and its separately compiled body binaries (og stage → path in the package), which the x86 HTP
+    simulator can load; a one-line error when the package was built without them."""
     soc_name, context = next(iter(contexts.items()))
-    if "simulator" not in context:
+    if any("simulator" not in part for part in context["parts"]):
         raise UsageError(
             f"{package_dir} ships no simulator binaries ({soc_name}/simulator/), and the x86 HTP simulator cannot "
             "load its weight-sharing pair",
             "rebuild it with --simulator-binaries (recipe: npu.simulator_binaries: true), or run it with --device cpu",
         )
-    return soc_name, context["simulator"]
+    from phiexport.export.body_parts import described_parts
+
+    return soc_name, {
+        part.stage(kind): path
+        for part, record in zip(described_parts(context["parts"]), context["parts"], strict=True)
+        for kind, path in record["simulator"].items()
+    }
 
 
 def package_stop_ids(package_dir: Path) -> set[int]:

@@ -11,12 +11,14 @@ positions, mask and cache write; the body returns the cache updated in place, wh
 and the pad rows are computed, thrown away and overwritten in the cache by the tokens that follow, so sequences of
 any length run, a single token too.
 
-Build a runner with `StaticPipeline.from_graphs(graphs, layout)` on the paths `export_static_graphs` wrote, then call
-`logits(token_ids)` for teacher-forced logits, one call per step.
+Build a runner with `StaticPipeline.from_graphs(graphs, layout)` on the paths `export_static_graphs` wrote (or
+`from_package` on an NPU package's QDQ graphs, its body parts chained), then call `logits(token_ids)` for
+teacher-forced logits, one call per step.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,26 +26,44 @@ from typing import Any
 import numpy as np
 
 from phiexport.errors import BuildError
-from phiexport.export.static_graphs import STEP_TENSORS, StaticLayout, body_input_names
+from phiexport.export.body_parts import BODY_KINDS, BodyPart, described_parts
+from phiexport.export.static_graphs import STEP_TENSORS, StaticLayout
 
 PAD_TOKEN = 0  # any id works: pad rows are masked from the real ones and discarded
 
 
 class StaticPipeline:
-    """One sequence at a time through the four graphs of an NPU package."""
+    """One sequence at a time through the graphs of an NPU package: embeddings, each body part, LM head."""
 
-    def __init__(self, sessions: dict[str, Any], layout: StaticLayout):
+    def __init__(self, sessions: dict[str, Any], bodies: list[tuple[BodyPart, dict[str, Any]]], layout: StaticLayout):
+        """`sessions`: embeddings and lm_head; `bodies`: each part with its prefill and decode sessions."""
         self.sessions = sessions
+        self.bodies = bodies
         self.layout = layout
-        self._input_names = body_input_names(layout)
         self.filled = 0
         self.cache: dict[str, np.ndarray] = {}
         self.reset()
 
     @classmethod
     def from_graphs(cls, graphs: dict[str, Path], layout: StaticLayout) -> StaticPipeline:
-        """Sessions on the CPU EP for `graphs` (embeddings, prefill, decode, lm_head)."""
-        return cls({name: cpu_session(path) for name, path in graphs.items()}, layout)
+        """Sessions on the CPU EP for `graphs` (embeddings, prefill, decode, lm_head: the body in one part)."""
+        body = {kind: cpu_session(graphs[kind]) for kind in BODY_KINDS}
+        vocab = {name: cpu_session(graphs[name]) for name in ("embeddings", "lm_head")}
+        return cls(vocab, [(BodyPart(0, 0, layout.layers), body)], layout)
+
+    @classmethod
+    def from_package(cls, package_dir: Path) -> StaticPipeline:
+        """Sessions on the CPU EP for an NPU package's graphs, its QDQ body parts chained."""
+        from phiexport.targets.npu import PIPELINE_FILE
+
+        pipeline = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))
+        layout = StaticLayout(**pipeline["layout"])
+        vocab = {name: cpu_session(package_dir / file) for name, file in pipeline["graphs"].items()}
+        bodies = [
+            (part, {kind: cpu_session(package_dir / part.graph_file(kind)) for kind in BODY_KINDS})
+            for part in described_parts(pipeline["parts"])
+        ]
+        return cls(vocab, bodies, layout)
 
     def reset(self) -> None:
         self.filled = 0
@@ -79,12 +99,13 @@ class StaticPipeline:
             "total_seq_len": np.array([self.layout.context], dtype=np.int32),
         }
         step = self.sessions["embeddings"].run(None, {"input_ids": padded, **lengths})
-        feed = {**dict(zip(["hidden", *STEP_TENSORS], step, strict=True)), **self.cache}
-        feed = {name: feed[name] for name in self._input_names}
-        outputs = self.sessions[graph].run(None, feed)
-        self.cache = dict(zip(self.layout.cache_names(), outputs[1:], strict=True))
+        values = {**dict(zip(["hidden", *STEP_TENSORS], step, strict=True)), **self.cache}
+        for part, sessions in self.bodies:  # each part reads the residual stream the one before wrote
+            outputs = sessions[graph].run(None, {name: values[name] for name in part.input_names(self.layout)})
+            values[part.output_names(self.layout)[0]] = outputs[0]
+            self.cache |= dict(zip(self.layout.cache_names(part.layers), outputs[1:], strict=True))
         self.filled += real
-        return np.asarray(outputs[0][0, :real], dtype=np.float32)
+        return np.asarray(values["hidden_out"][0, :real], dtype=np.float32)
 
 
 def cpu_session(path: Path) -> Any:

@@ -27,7 +27,13 @@ def recipe(mini_phi4: Path, directory: Path, targets: list[str]) -> Path:
         "quantization": {"method": "gptq", "mixed": "auto", "mixed_bits": 4.5},
         "calibration": {"sequences": 8, "max_tokens": 128},
         "evaluation": {"sequences": 4, "greedy_prompts": 1, "greedy_tokens": 8},
-        "npu": {"rotate": False, "context_length": 256, "activation_sequences": 4, "simulator_decode_tokens": 1},
+        "npu": {
+            "rotate": False,
+            "context_length": 256,
+            "activation_sequences": 4,
+            "simulator_decode_tokens": 1,
+            "qdq_bodies": True,  # the tests read the body integers from them
+        },
     }
     path.write_text(yaml.safe_dump(data))
     return path
@@ -105,7 +111,7 @@ def covered_by(codes: np.ndarray, candidates: list[np.ndarray]) -> bool:
 
 def test_cpu_and_npu_packages_hold_the_same_integers(packages: Path) -> None:
     cpu = signed_cpu_codes(packages / "cpu" / "model.onnx")
-    npu = npu_codes(packages / "npu" / "body_decode.onnx")
+    npu = npu_codes(packages / "npu" / "body0_decode.onnx")
     assert len(cpu) == 2 * 5  # two layers of qkv, o, gate, up, down
     for name, codes in cpu.items():
         assert covered_by(codes, npu), name
@@ -131,6 +137,6 @@ def test_npu_alone_runs_gptq_a_layer_at_a_time_to_the_cpu_packages_integers(mini
         outputs[target] = build(path, directory / "out")
     manifest = json.loads((outputs["npu"] / "npu" / "manifest.json").read_text())
     assert manifest["weights"]["calibrated"]["method"] == "gptq"
-    npu = npu_codes(outputs["npu"] / "npu" / "body_decode.onnx")
+    npu = npu_codes(outputs["npu"] / "npu" / "body0_decode.onnx")
     for name, codes in signed_cpu_codes(outputs["cpu"] / "cpu" / "model.onnx").items():
         assert covered_by(codes, npu), name

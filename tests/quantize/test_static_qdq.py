@@ -44,7 +44,8 @@ def _matmul_graph(path, weight: np.ndarray) -> None:
 @pytest.mark.parametrize("bits", [4, 8])
 def test_block_weights_are_the_bytes_of_onnxruntimes_blocked_quantizer(tmp_path, bits):
     """write_block_weights replaces onnxruntime's per-block Python loop; the integers, scales and zero points must
-    be the ones that loop writes (a zero block and an odd row count included)."""
+    be the ones that loop writes (a zero block and an odd row count included). The activation ranges, read a batch
+    of samples at a time, are the ones onnxruntime's calibrator finds holding every sample."""
     import onnx
     from onnx import numpy_helper
     from onnxruntime.quantization import QuantType, quantize
@@ -57,15 +58,16 @@ def test_block_weights_are_the_bytes_of_onnxruntimes_blocked_quantizer(tmp_path,
     weight = rng.standard_normal((96, 40)).astype(np.float32) * rng.uniform(0.01, 3.0, (96, 1)).astype(np.float32)
     weight[32:64, 5] = 0.0
     _matmul_graph(tmp_path / "fp32.onnx", weight)
-    feeds = [{"x": rng.standard_normal((1, 4, 96)).astype(np.float32)} for _ in range(3)]
+    feeds = [{"x": rng.standard_normal((1, 4, 96)).astype(np.float32)} for _ in range(9)]
+    feeds[0]["x"] *= 10  # the widest range in the first batch of 3: a batch's ranges must not be lost
 
     ours = quantize_body(
-        tmp_path / "fp32.onnx", FeedReader(lambda: iter(feeds)), tmp_path / "ours.onnx", weight_bits=bits, block_size=32
+        tmp_path / "fp32.onnx", FeedReader.of(feeds), tmp_path / "ours.onnx", weight_bits=bits, block_size=32
     )
     kind = QuantType.QInt4 if bits == 4 else QuantType.QInt8
     config = get_qnn_qdq_config(
         str(tmp_path / "fp32.onnx"),
-        FeedReader(lambda: iter(feeds)),
+        FeedReader.of(feeds),
         activation_type=QuantType.QUInt16,
         weight_type=QuantType.QUInt8,
         init_overrides={"w": [{"quant_type": kind, "symmetric": True, "axis": 0}]},
@@ -80,6 +82,12 @@ def test_block_weights_are_the_bytes_of_onnxruntimes_blocked_quantizer(tmp_path,
         (node,) = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "w_quantized"]
         return tensors, {a.name: a.i for a in node.attribute}
 
+    def activation_range(path):  # what calibration gave the input's quantization
+        tensors = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+        return tensors["x_scale"], tensors["x_zero_point"]
+
+    # quantize_body reads the samples in batches of 3 (onnxruntime's strided min/max); unstrided here
+    assert activation_range(ours) == activation_range(tmp_path / "theirs.onnx")
     (mine, my_attributes), (theirs, their_attributes) = weight_tensors(ours), weight_tensors(tmp_path / "theirs.onnx")
     assert my_attributes == their_attributes == {"axis": 0, "block_size": 32}
     assert set(mine) == set(theirs) == {"w_quantized", "w_scale", "w_zero_point"}

@@ -1,4 +1,5 @@
-"""`phiexport build --target npu` end to end on the miniature Phi-4-mini, compiled for two SoCs."""
+"""`phiexport build --target npu` end to end on the miniature Phi-4-mini, its body cut into two parts (a decoder
+layer each), compiled for two SoCs."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ def npu_package(mini_phi4: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
         "--eval-sequences",
         "12",
         "--simulator-binaries",
+        "--qdq-bodies",
+        "--parts",
+        "2",
         "-o",
         str(output),
         "--json",
@@ -41,23 +45,83 @@ def npu_package(mini_phi4: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return output / "npu"
 
 
-def test_package_holds_shared_context_binaries_per_soc(npu_package: Path) -> None:
+def test_package_holds_shared_context_binaries_per_soc_and_part(npu_package: Path) -> None:
     manifest = json.loads((npu_package / "manifest.json").read_text())
     pipeline = json.loads((npu_package / "npu_pipeline.json").read_text())
     contexts = manifest["weights"]["contexts"]
     assert set(contexts) == set(SOCS) == set(pipeline["contexts"])
+    assert manifest["weights"]["parts"]["layers"] == [[0, 1], [1, 2]]
     for name, (soc_model, htp_arch) in SOCS.items():
         context = contexts[name]
         assert (context["soc_model"], context["htp_arch"]) == (soc_model, htp_arch)
-        assert (npu_package / context["prefill"]).is_file() and (npu_package / context["decode"]).is_file()
-        binaries = list((npu_package / name).glob("*.bin"))
-        assert len(binaries) == 1, "prefill and decode must share one context binary"
-        assert context["shared_bytes"] < 0.6 * context["separate_bytes"]  # measured 0.54 (4.9 of 9.0 MB)
+        assert [part["layers"] for part in context["parts"]] == [[0, 1], [1, 2]]
+        for part in context["parts"]:
+            assert (npu_package / part["prefill"]).is_file() and (npu_package / part["decode"]).is_file()
+            assert part["shared_bytes"] < 0.6 * part["separate_bytes"]  # measured 0.55 (2.5 of 4.6 MB)
+        binaries = sorted(item.name for item in (npu_package / name).glob("*.bin"))
+        assert binaries == ["body0_prefill_ctx_qnn.bin", "body1_prefill_ctx_qnn.bin"], "one shared binary per part"
     files = set(manifest["files"])
-    assert {"embeddings.onnx", "body_prefill.onnx", "body_decode.onnx", "lm_head.onnx", "genai_config.json"} <= files
+    assert {"embeddings.onnx", "body1_decode.onnx", "lm_head.onnx", "genai_config.json"} <= files
+
+
+def test_genai_config_chains_the_parts(npu_package: Path) -> None:
+    """og hands a stage's outputs to the later stages naming them: part 1 reads the residual stream part 0 wrote
+    (`hidden.1`) and its own layer's cache; the prefill stages run on prompts, the decode stages on new tokens."""
     genai = json.loads((npu_package / "genai_config.json").read_text())["model"]
     assert genai["type"] == "decoder-pipeline"
     assert genai["decoder"]["sliding_window"]["window_size"] == 64
+    stages = {name: stage for entry in genai["decoder"]["pipeline"] for name, stage in entry.items()}
+    assert list(stages) == ["embeddings", "prefill_0", "decode_0", "prefill_1", "decode_1", "lm_head"]
+    for kind in ("prefill", "decode"):
+        first, second = stages[f"{kind}_0"], stages[f"{kind}_1"]
+        assert first["inputs"][0] == "hidden" and first["outputs"][0] == "hidden.1" == second["inputs"][0]
+        assert second["outputs"][0] == "hidden_out" == stages["lm_head"]["inputs"][0]
+        assert [name for name in second["inputs"] if name.startswith("past")] == ["past_key.1", "past_value.1"]
+    assert stages["prefill_1"]["run_on_token_gen"] is False and stages["decode_1"]["run_on_prompt"] is False
+
+
+def test_a_part_boundary_costs_nothing(npu_package: Path, mini_phi4: Path, tmp_path: Path) -> None:
+    """The same build with the body in one part: og's logits on the CPU EP are the two-part package's (measured
+    max difference 0.0: a part's output is the dequantized uint16 residual, which the next part quantizes back
+    exactly)."""
+    args = ("--context-length", "256", "--eval-sequences", "2", "--parts", "1", "--qdq-bodies")
+    args += ("-o", str(tmp_path / "one"))
+    result = run_cli("build", str(mini_phi4), "--target", "npu", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ids = np.random.default_rng(3).integers(0, 2000, 150).tolist()
+    logits = []
+    for package in (npu_package, tmp_path / "one" / "npu"):
+        runner = GenaiPipelineRunner(package, "cpu")
+        logits.append(runner.logits(ids))
+        runner.close()
+    assert float(np.abs(logits[0] - logits[1]).max()) < 1e-4
+
+
+def test_the_default_layout_ships_what_a_device_loads(npu_package: Path, mini_phi4: Path, tmp_path: Path) -> None:
+    """Without --qdq-bodies the package holds the context binaries, the CPU graphs, og's config, the tokenizer and
+    the records, not the QDQ bodies the build checked; running it on the CPU EP names the flag that ships them."""
+    result = run_cli(
+        "build",
+        str(mini_phi4),
+        "-t",
+        "npu",
+        "--context-length",
+        "256",
+        "--eval-sequences",
+        "2",
+        "-o",
+        str(tmp_path / "out"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    package = tmp_path / "out" / "npu"
+    files = {path.relative_to(package).as_posix() for path in package.rglob("*") if path.is_file()}
+    assert not [name for name in files if name.startswith("body")], "no QDQ body graph in the device layout"
+    assert {"x-elite/body0_prefill_ctx.onnx", "x-elite/body0_decode_ctx.onnx", "embeddings.onnx"} <= files
+    assert {"lm_head.onnx", "genai_config.json", "tokenizer.json", "manifest.json", "report.json"} <= files
+    assert set(json.loads((package / "manifest.json").read_text())["files"]) == files - {"manifest.json"}
+    assert json.loads((package / "report.json").read_text())["metrics"]["tokens"] > 100  # checked before it went
+    run = run_cli("run", str(package), "Hello", "--device", "cpu")
+    assert run.returncode == 2 and "ships no QDQ body graphs" in run.stderr and "--qdq-bodies" in run.stderr, run.stderr
 
 
 def test_scored_sequences_fit_the_fixed_cache(npu_package: Path) -> None:
@@ -72,15 +136,17 @@ def test_every_body_node_ran_on_the_simulator(npu_package: Path) -> None:
     import onnx
 
     simulator = json.loads((npu_package / "manifest.json").read_text())["weights"]["simulator"]
-    assert simulator["body_nodes"] == {"prefill": {"QNNExecutionProvider": 1}, "decode": {"QNNExecutionProvider": 1}}
+    for index, part in enumerate(simulator["parts"]):
+        nodes = {f"{kind}_{index}": {"QNNExecutionProvider": 1} for kind in ("prefill", "decode")}
+        assert part["body_nodes"] == nodes
+        # measured through og, part simulated against CPU EP on the same QDQ graphs: KL 0.0011 and 0.0003, top-1
+        # 81 % and 93 %, 4 decode steps each
+        assert part["kl_mean_vs_cpu_ep"] < 0.003 and part["top1_agreement_vs_cpu_ep"] >= 0.7, part
+        assert part["decode_steps_compared"] >= 1, "the simulated decode body was never compared"
     assert simulator["every_body_node_on_htp"] is True
-    # measured through og, simulator against CPU EP on the same QDQ graphs: KL 0.0014, top-1 85 %, 4 decode steps
-    assert simulator["kl_mean_vs_cpu_ep"] < 0.003 and simulator["top1_agreement_vs_cpu_ep"] >= 0.7, simulator
-    assert simulator["decode_steps_compared"] >= 1, "the simulated decode body was never compared"
-    for kind, path in json.loads((npu_package / "npu_pipeline.json").read_text())["contexts"]["x-elite"][
-        "simulator"
-    ].items():
-        assert [node.op_type for node in onnx.load(npu_package / path).graph.node] == ["EPContext"], kind
+    for part in json.loads((npu_package / "npu_pipeline.json").read_text())["contexts"]["x-elite"]["parts"]:
+        for kind, path in part["simulator"].items():
+            assert [node.op_type for node in onnx.load(npu_package / path).graph.node] == ["EPContext"], kind
 
 
 def simulator_kl_vs_cpu_ep(package: Path) -> float:
@@ -130,10 +196,11 @@ def test_cpu_graphs_quantize_only_their_weights(npu_package: Path) -> None:
     assert {attr.name: attr.i for attr in matmul.attribute}["bits"] == 8
 
 
-def test_body_weights_are_4_bit_blocks(npu_package: Path) -> None:
+@pytest.mark.parametrize("part", [0, 1])
+def test_body_weights_are_4_bit_blocks(npu_package: Path, part: int) -> None:
     import onnx
 
-    graph = onnx.load(str(npu_package / "body_decode.onnx"), load_external_data=False).graph
+    graph = onnx.load(str(npu_package / f"body{part}_decode.onnx"), load_external_data=False).graph
     weights = {tensor.name: tensor for tensor in graph.initializer if tensor.data_type == onnx.TensorProto.INT4}
     blocked = [
         node
@@ -142,7 +209,7 @@ def test_body_weights_are_4_bit_blocks(npu_package: Path) -> None:
         and node.input[0] in weights
         and any(attr.name == "block_size" and attr.i == 32 for attr in node.attribute)
     ]
-    assert len(blocked) == 2 * 4, "qkv, o, gate_up and down of both layers"
+    assert len(blocked) == 4, f"qkv, o, gate_up and down of layer {part}, the part's one layer"
 
 
 def test_long_positions_against_torch_on_the_cpu_ep(npu_package: Path, mini_phi4: Path) -> None:
@@ -191,19 +258,20 @@ def test_eval_scores_the_simulator_row_beside_the_cpu_ep(npu_package: Path, tmp_
 def oracle(package: Path, device: str) -> StaticPipeline:
     """phiexport's graph runner over the package's own graphs, fed directly with onnxruntime (og's positions and cache
     rules, written independently of og): the QDQ bodies on the CPU EP, or the simulator binaries on the HTP."""
+    from phiexport.export.body_parts import described_parts
     from phiexport.runtime.static_pipeline import cpu_session
     from phiexport.targets.htp import htp_session, soc
 
-    pipeline = json.loads((package / "npu_pipeline.json").read_text())
-    layout = StaticLayout(**pipeline["layout"])
-    graphs = {name: package / file for name, file in pipeline["graphs"].items()}
     if device == "cpu":
-        return StaticPipeline.from_graphs(graphs, layout)
-    bodies = pipeline["contexts"]["x-elite"]["simulator"]
-    sessions = {name: cpu_session(graphs[name]) for name in ("embeddings", "lm_head")}
-    return StaticPipeline(
-        sessions | {k: htp_session(package / path, soc("x-elite")) for k, path in bodies.items()}, layout
-    )
+        return StaticPipeline.from_package(package)
+    pipeline = json.loads((package / "npu_pipeline.json").read_text())
+    records = pipeline["contexts"]["x-elite"]["parts"]
+    bodies = [
+        (part, {kind: htp_session(package / path, soc("x-elite")) for kind, path in record["simulator"].items()})
+        for part, record in zip(described_parts(pipeline["parts"]), records, strict=True)
+    ]
+    sessions = {name: cpu_session(package / file) for name, file in pipeline["graphs"].items()}
+    return StaticPipeline(sessions, bodies, StaticLayout(**pipeline["layout"]))
 
 
 def genai_against_oracle(package: Path, device: str, prompt: list[int], new_tokens: int) -> tuple[list[int], float]:

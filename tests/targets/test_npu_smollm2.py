@@ -19,10 +19,16 @@ def test_npu_package_runs_on_the_htp_simulator_and_tracks_the_reference(smollm2_
     }
     context = manifest["weights"]["contexts"]["x-elite"]
     assert (context["soc_model"], context["htp_arch"]) == (60, 73)
+    # 65 MB of body weights fit one part of the default 512 MiB budget
+    (part,) = context["parts"]
+    assert part["layers"] == [0, 30]
     # one copy of the body weights, not two: measured 71.0 MB shared against 123.6 MB compiled separately
-    assert context["shared_bytes"] < 0.62 * context["separate_bytes"]
+    assert part["shared_bytes"] < 0.62 * part["separate_bytes"]
     simulator = manifest["weights"]["simulator"]
-    assert simulator["body_nodes"] == {"prefill": {"QNNExecutionProvider": 1}, "decode": {"QNNExecutionProvider": 1}}
+    assert simulator["parts"][0]["body_nodes"] == {
+        "prefill_0": {"QNNExecutionProvider": 1},
+        "decode_0": {"QNNExecutionProvider": 1},
+    }
     # og on the simulator against og on the CPU EP, same QDQ bodies, a chunk and 4 decode steps: measured KL 0.084,
     # top-1 80.9 %, all 4 decode steps fed the same tokens
     assert simulator["kl_mean_vs_cpu_ep"] < 0.17 and simulator["top1_agreement_vs_cpu_ep"] >= 0.7
