@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/full_size_checkpoint.py phi-4-mini-instruct /data/phi4-mini-shape
     .venv/bin/python benchmarks/scale_build.py /data/phi4-mini-shape --scratch /data/runs
-    .venv/bin/python benchmarks/scale_build.py /data/phi4-mini-shape --target npu --scratch /data/runs
+    .venv/bin/python benchmarks/scale_build.py /data/phi4-mini-shape --target npu --parts auto --scratch /data/runs
 
 The build runs in its own process; its RSS (anonymous + file-mapped, the process and its children) is sampled every
 0.2 s and each sample is assigned to the stage running at that moment (the stage times of `--json`, in order).
@@ -31,6 +31,8 @@ evaluation:
   sequences: {sequences}
   greedy_prompts: 1
   greedy_tokens: 4
+npu:
+  parts: {parts}
 """
 
 
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--sequences", type=int, default=4, help="held-out sequences in the build's check")
     parser.add_argument("--scratch", type=Path, help="where recipes and packages go (default: a temporary folder)")
     parser.add_argument("--target", default="cpu", choices=("cpu", "dml", "npu"), help="the package to build")
+    parser.add_argument("--parts", default="auto", help="npu: body parts, N or auto")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
@@ -92,7 +95,13 @@ def main() -> None:
             recipe = Path(scratch) / f"{checkpoint.name}.yaml"
             name = checkpoint.name.lower().replace("_", "-")
             recipe.write_text(
-                RECIPE.format(name=name, model=checkpoint.absolute(), sequences=args.sequences, target=args.target)
+                RECIPE.format(
+                    name=name,
+                    model=checkpoint.absolute(),
+                    sequences=args.sequences,
+                    target=args.target,
+                    parts=args.parts,
+                )
             )
             result, wall, samples = sampled_build(recipe, Path(scratch) / checkpoint.name)
             size = sum(p.stat().st_size for p in checkpoint.glob("*.safetensors"))
