@@ -57,6 +57,16 @@ def test_cpu_package_runs_on_onnxruntimes_thread_default(smollm2_build):
     assert decoder["session_options"]["log_id"] == "onnxruntime-genai"  # the builder's own options are kept
 
 
+def test_the_graph_names_the_builder_wheel_not_the_enclosing_repository(smollm2_build):
+    """The genai builder stamps the git commit of whatever repository holds the virtual environment (this one, in
+    CI): packages of one recipe would differ from commit to commit. phiexport stamps the wheel's own commit."""
+    import onnx
+    import onnxruntime_genai
+
+    model = onnx.load(str(smollm2_build[0] / "model.onnx"), load_external_data=False)
+    assert model.producer_version == f"{onnxruntime_genai.__version__}+{onnxruntime_genai.__commit__[:7]}"
+
+
 def test_report_measures_the_package_against_the_reference(smollm2_build, smollm2_gguf):
     """The imported package against the dequantized GGUF: measured KL 8.6e-11 (max 1.7e-9), top-1 100 %, 102.8 MB
     for the 98.4 MB GGUF (1.045 ×). The KL bounds sit 10 × above: fp32 rounding that moves with the CPU's kernels,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from phiexport.errors import BuildError
@@ -57,7 +59,7 @@ def export_with_builder(
     args = ("", os.fspath(model_dir), os.fspath(output_dir), precision, execution_provider, os.fspath(cache_dir))
     try:
         extra = parse_extra_options(*args, pairs)
-        with streamed_weight_quantization(cache_dir / "spill"):
+        with streamed_weight_quantization(cache_dir / "spill"), wheel_commit_stamped():
             create_model(*args, **extra)
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -65,6 +67,24 @@ def export_with_builder(
             f"the onnxruntime-genai builder failed: {type(exc).__name__}: {first_line}",
             f"read the build log {log_path}",
         ) from exc
+
+
+@contextmanager
+def wheel_commit_stamped() -> Iterator[None]:
+    """The builder stamps model.onnx's producer_version with `git rev-parse HEAD` of the folder five levels above
+    its own file, which for a virtual environment inside a repository is that repository's commit (phiexport's,
+    here): every commit would change every package's bytes. Within the block it stamps the installed wheel's own."""
+    import onnxruntime_genai
+    from onnxruntime_genai.models import builder
+
+    Model = builder.LlamaModel.__mro__[-2]  # the builder imports its base as `builders.base`, its own module object
+    commit = getattr(onnxruntime_genai, "__commit__", None)
+    original = Model.__dict__["get_genai_commit"]
+    Model.get_genai_commit = classmethod(lambda cls: commit)
+    try:
+        yield
+    finally:
+        Model.get_genai_commit = original
 
 
 def set_session_options(package_dir: Path, options: dict[str, int | str]) -> None:
