@@ -37,8 +37,8 @@ def stream_reply(
 
     import onnxruntime_genai as og
 
+    from phiexport.package.npu_layout import PIPELINE_FILE
     from phiexport.runtime.genai import genai_model
-    from phiexport.targets.npu import PIPELINE_FILE
 
     if not (package_dir / "genai_config.json").is_file():
         raise UsageError(
@@ -84,7 +84,7 @@ def _npu_layout(package_dir: Path) -> tuple[int, int]:
     """An NPU package's context and prefill chunk."""
     import json
 
-    from phiexport.targets.npu import PIPELINE_FILE
+    from phiexport.package.npu_layout import PIPELINE_FILE
 
     layout = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))["layout"]
     return layout["context"], layout["chunk"]

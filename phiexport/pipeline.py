@@ -21,7 +21,6 @@ from phiexport.errors import BuildError, GateFailed
 from phiexport.evaluate.gates import check_gates, gates_report, split_gates
 from phiexport.evaluate.verify import verify_packages
 from phiexport.export.capture import output_to_log
-from phiexport.export.genai_builder import export_with_builder, set_session_options, stage_checkpoint
 from phiexport.interrupts import deferred
 from phiexport.package.card import write_model_card
 from phiexport.package.chat import apply_chat_format
@@ -29,16 +28,13 @@ from phiexport.package.manifest import write_manifest
 from phiexport.package.publish import full_disk_named, rejected_path, staged_output
 from phiexport.package.signing import key_id, sign_package
 from phiexport.progress import StageProgress
-from phiexport.quantize.imported import SourceIntegers, describe_import, import_weights, source_integers
-from phiexport.quantize.onnx_weights import write_matmul_nbits
+from phiexport.quantize.imported import source_integers
 from phiexport.quantize.prepare import prepare_checkpoint
-from phiexport.quantize.static_qdq import check_htp_blocks
-from phiexport.quantize.weight_only import builder_options, check_block_layout, check_weight_nodes
+from phiexport.quantize.weight_only import check_block_layout
 from phiexport.recipe import Recipe
 from phiexport.source import resolve_source
-from phiexport.targets import TARGETS, Target
-from phiexport.targets.npu import build_npu_package, check_npu_weights, drop_qdq_bodies
-from phiexport.targets.op_contract import load_contract
+from phiexport.targets import TARGETS
+from phiexport.targets.job import BuildJob, BuiltPackage
 
 
 @dataclass
@@ -110,70 +106,40 @@ def _build_into(
         structure = compare_structure(recipe.structure, checkpoint.config, recipe.name) if recipe.structure else None
         chat = chat_format(recipe.chat.format) if recipe.chat.format else None
         quant = recipe.quantization
+        builders = {name: TARGETS[name].package_builder() for name in recipe.targets}
         check_block_layout(checkpoint.config, quant)
-        if any(TARGETS[name].static_shapes for name in recipe.targets):
-            check_htp_blocks(checkpoint.config, quant.block_size)
-            check_npu_weights(recipe)
+        for builder in builders.values():
+            builder.check(recipe, checkpoint)
         integers = None
         if checkpoint.prequantized is not None and any(TARGETS[name].imports_integers for name in recipe.targets):
             with progress.stage("import", f"{checkpoint.prequantized.name}'s integers"):
                 integers = source_integers(checkpoint, quant)
-        exported, calibrated, prepared = checkpoint, None, None
-        if (quant.rotate or quant.calibrated) and any(
-            not TARGETS[name].static_shapes and not _imports_all(TARGETS[name], integers) for name in recipe.targets
-        ):
+        prepared = None
+        if any(builder.wants_prepared(recipe, TARGETS[name], integers) for name, builder in builders.items()):
             with progress.stage("prepare weights", _preparation(recipe)):
-                exported, calibrated = prepare_checkpoint(checkpoint, Path(scratch) / "prepared", recipe)
-                prepared = (exported, calibrated)
-        options = builder_options(quant)
-        if recipe.source.trust_remote_code:
-            options["hf_remote"] = "true"
+                prepared = prepare_checkpoint(checkpoint, Path(scratch) / "prepared", recipe)
         packages: dict[str, Path] = {}
-        weights: dict[str, dict[str, Any]] = {}
-        operators: dict[str, dict[str, Any]] = {}  # targets with an operator contract: what was checked
-        for name in recipe.targets:
-            target = TARGETS[name]
-            package_dir = staging / target.name
-            if target.static_shapes:
-                weights[name] = build_npu_package(
-                    recipe, checkpoint, package_dir, Path(scratch), progress, prepared=prepared
-                )
-            else:
-                with progress.stage(f"export {target.name}", quant.describe()):
-                    export_with_builder(
-                        stage_checkpoint(exported, Path(scratch) / target.name),
-                        package_dir,
-                        precision=quant.precision,
-                        execution_provider=target.execution_provider,
-                        options={**options, **dict(target.builder_options)},
-                        cache_dir=Path(scratch) / "builder-cache",
-                        log_path=log_path,
-                    )
-                    set_session_options(package_dir, dict(target.session_options))
-                    if calibrated is not None:
-                        write_matmul_nbits(package_dir / "model.onnx", calibrated.weights)
-                    weights[name] = check_weight_nodes(_graph_nodes(package_dir / "model.onnx"), quant)
-                    if integers is not None and target.imports_integers:
-                        level = quant.compute_level(imported=True)
-                        imported = import_weights(package_dir / "model.onnx", integers.weights, accuracy_level=level)
-                        report = integers.report(imported, level)
-                        weights[name] = {
-                            "precision": quant.precision,
-                            "body": describe_import(report),
-                            "imported": report,
-                            **({"requantized_with": weights[name]} if report["requantized"] else {}),
-                        }
-                    if target.op_contract:
-                        operators[name] = load_contract(target.op_contract).check(package_dir / "model.onnx")
-                    if calibrated is not None:
-                        weights[name]["calibrated"] = calibrated.summary
-            packages[name] = package_dir
+        built: dict[str, BuiltPackage] = {}
+        for name, builder in builders.items():
+            packages[name] = staging / name
+            job = BuildJob(
+                recipe=recipe,
+                checkpoint=checkpoint,
+                target=TARGETS[name],
+                package_dir=packages[name],
+                scratch=Path(scratch),
+                progress=progress,
+                log_path=log_path,
+                prepared=prepared,
+                integers=integers,
+            )
+            built[name] = builder.build(job)
         chat_setup = {name: apply_chat_format(path, chat) for name, path in packages.items()} if chat else {}
 
         evaluation = recipe.evaluation
-        if static := [recipe.npu.context_length for name in recipe.targets if TARGETS[name].static_shapes]:
+        if limits := [limit for builder in builders.values() if (limit := builder.cache_limit(recipe)) is not None]:
             # every package scores the same token streams, so they are cut to fit the smallest fixed cache
-            evaluation = evaluation.model_copy(update={"max_tokens": min(evaluation.max_tokens, *static)})
+            evaluation = evaluation.model_copy(update={"max_tokens": min(evaluation.max_tokens, *limits)})
         with progress.stage("verify", f"{recipe.evaluation.sequences} held-out sequences"):
             reports = verify_packages(
                 checkpoint.path,
@@ -193,14 +159,12 @@ def _build_into(
                 target = TARGETS[name]
                 reports[name]["gates"] = {**gates_report(gates, failures[name]), "left_to_eval": left_to_eval}
                 reports[name]["evaluated_on"] = target.evaluated_on
-                if name in operators:
-                    reports[name]["operators"] = operators[name]
+                reports[name] |= built[name].report
                 if structure is not None:
                     reports[name]["structure"] = structure
                 if name in chat_setup:
                     reports[name]["chat"] = chat_setup[name]
-                if target.static_shapes:
-                    drop_qdq_bodies(package_dir, recipe)
+                builders[name].seal(package_dir, recipe)
                 report_text = json.dumps(reports[name], indent=2) + "\n"
                 (package_dir / "report.json").write_text(report_text, encoding="utf-8")
                 write_model_card(
@@ -209,9 +173,11 @@ def _build_into(
                     checkpoint=checkpoint,
                     target=target,
                     report=reports[name],
-                    weights=weights[name],
+                    weights=built[name].weights,
                 )
-                write_manifest(package_dir, recipe=recipe, checkpoint=checkpoint, target=target, weights=weights[name])
+                write_manifest(
+                    package_dir, recipe=recipe, checkpoint=checkpoint, target=target, weights=built[name].weights
+                )
                 if signing_key is not None:
                     sign_package(package_dir, signing_key)
         if failed := [str(failure) for found in failures.values() for failure in found]:
@@ -229,11 +195,6 @@ def _build_into(
     )
 
 
-def _imports_all(target: Target, integers: SourceIntegers | None) -> bool:
-    """True when `target` takes every weight from the source's integers, so needs no prepared weights."""
-    return integers is not None and target.imports_integers and integers.complete
-
-
 def _preparation(recipe: Recipe) -> str:
     quant, calibration = recipe.quantization, recipe.calibration
     steps = [f"hadamard rotation, seed {quant.rotation_seed}"] if quant.rotate else []
@@ -248,9 +209,3 @@ def _import_heavy_libraries() -> None:
     import torch  # noqa: F401
     import transformers  # noqa: F401
     from onnxruntime_genai.models import builder  # noqa: F401
-
-
-def _graph_nodes(model_path: Path) -> list[Any]:
-    import onnx
-
-    return list(onnx.load(model_path, load_external_data=False).graph.node)

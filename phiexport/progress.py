@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -21,6 +21,9 @@ from rich.progress import (
 from phiexport.interrupts import raise_if_interrupted
 
 T = TypeVar("T")
+Track = Callable[
+    [Iterable[T], int, str], Iterable[T]
+]  # StageProgress.track's signature, for code that reports progress
 
 
 class StageProgress:

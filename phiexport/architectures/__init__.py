@@ -5,36 +5,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
+from phiexport.architectures.base import Architecture, Config, head_dim, kv_heads, linear_in_features
+from phiexport.architectures.llama import LLAMA
+from phiexport.architectures.phi3 import PHI3
+from phiexport.architectures.qwen2 import QWEN2
+from phiexport.architectures.qwen3 import QWEN3
 from phiexport.errors import SourceError
 
-Config = dict[str, Any]
+__all__ = ["ARCHITECTURES", "Architecture", "Config", "head_dim", "kv_heads", "linear_in_features"]
 
-
-def _unchanged(config: Config) -> Config:
-    return config
-
-
-@dataclass(frozen=True)
-class Architecture:
-    model_type: str  # config.json `model_type`
-    hf_class: str  # config.json `architectures[0]`, the class the genai builder dispatches on
-    gguf_name: str  # GGUF `general.architecture`
-    linear_out_features: Callable[[Config], set[int]]  # output widths of every nn.Linear inside a decoder layer
-    prepare_config: Callable[[Config], Config] = field(default=_unchanged)  # fix-ups the builder needs
-
-
-ARCHITECTURES: dict[str, Architecture] = {}
-
-
-def register_architecture(arch: Architecture) -> Architecture:
-    if arch.model_type in ARCHITECTURES:
-        raise ValueError(f"architecture {arch.model_type} registered twice")
-    ARCHITECTURES[arch.model_type] = arch
-    return arch
+ARCHITECTURES: dict[str, Architecture] = {arch.model_type: arch for arch in (LLAMA, PHI3, QWEN2, QWEN3)}
 
 
 def supported() -> str:
@@ -75,19 +55,3 @@ def _check_lm_head_is_unambiguous(arch: Architecture, config: Config) -> None:
             "for the LM head and export a wrong model",
             "use a vocabulary size that differs from every projection width",
         )
-
-
-def linear_in_features(config: Config) -> set[int]:
-    """Input widths (K) of the linear layers: hidden (q/k/v, gate/up, lm_head), attention output, MLP down."""
-    return {config["hidden_size"], config["num_attention_heads"] * head_dim(config), config["intermediate_size"]}
-
-
-def head_dim(config: Config) -> int:
-    return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
-
-
-def kv_heads(config: Config) -> int:
-    return int(config.get("num_key_value_heads") or config["num_attention_heads"])
-
-
-from phiexport.architectures import llama, phi3, qwen2, qwen3  # noqa: E402,F401  (register themselves)

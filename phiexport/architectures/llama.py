@@ -1,6 +1,6 @@
 """Llama (Llama 3.x, SmolLM2): separate q/k/v and gate/up projections, plain RoPE or llama3 scaling."""
 
-from phiexport.architectures import Architecture, Config, head_dim, kv_heads, register_architecture
+from phiexport.architectures.base import Architecture, Config, head_dim, kv_heads
 
 
 def linear_out_features(config: Config) -> set[int]:
@@ -12,11 +12,9 @@ def linear_out_features(config: Config) -> set[int]:
     }
 
 
-LLAMA = register_architecture(
-    Architecture(
-        model_type="llama",
-        hf_class="LlamaForCausalLM",
-        gguf_name="llama",
-        linear_out_features=linear_out_features,
-    )
+LLAMA = Architecture(
+    model_type="llama",
+    hf_class="LlamaForCausalLM",
+    gguf_name="llama",
+    linear_out_features=linear_out_features,
 )

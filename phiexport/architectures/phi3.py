@@ -1,6 +1,6 @@
 """Phi-3 / Phi-3.5 / Phi-4 (mini and full): fused qkv and gate_up projections, LongRoPE, partial rotary."""
 
-from phiexport.architectures import Architecture, Config, head_dim, kv_heads, register_architecture
+from phiexport.architectures.base import Architecture, Config, head_dim, kv_heads
 
 
 def linear_out_features(config: Config) -> set[int]:
@@ -25,12 +25,10 @@ def prepare_config(config: Config) -> Config:
     return prepared
 
 
-PHI3 = register_architecture(
-    Architecture(
-        model_type="phi3",
-        hf_class="Phi3ForCausalLM",
-        gguf_name="phi3",
-        linear_out_features=linear_out_features,
-        prepare_config=prepare_config,
-    )
+PHI3 = Architecture(
+    model_type="phi3",
+    hf_class="Phi3ForCausalLM",
+    gguf_name="phi3",
+    linear_out_features=linear_out_features,
+    prepare_config=prepare_config,
 )

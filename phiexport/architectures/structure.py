@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from phiexport.architectures import Config, head_dim, kv_heads
+from phiexport.architectures.base import Config, head_dim, kv_heads
 from phiexport.errors import SourceError
 from phiexport.recipe import RopeStructure, StructureConfig
 

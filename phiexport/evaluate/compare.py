@@ -9,7 +9,7 @@ reuses what a smaller one measured; models are only loaded if something is left 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,13 +26,13 @@ from phiexport.evaluate.metrics import TokenScores, first_divergence, score_toke
 from phiexport.evaluate.onnx_runner import PackageRunner
 from phiexport.evaluate.reference import Reference, open_reference
 from phiexport.package.manifest import package_dirs, read_manifest
+from phiexport.progress import Track
 from phiexport.recipe import EvaluationConfig, GatesConfig
 from phiexport.runtime.genai import GenaiPipelineRunner, package_stop_ids, padded_length
 from phiexport.source import Checkpoint
 
 EVAL_SCHEMA = "phiexport.eval/1"
 NPU_DEVICES = ("cpu", "htp-sim")
-Track = Callable[[Iterable[Any], int, str], Iterable[Any]]
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def evaluate_packages(
     raw_dir: Path,
     *,
     trust_remote_code: bool,
-    track: Track,
+    track: Track[Any],
     chat_template: str | None = None,
 ) -> Evaluation:
     """Score every subject against `reference` (teacher-forced metrics, then GSM8K answers) and check its gates.
@@ -260,7 +260,7 @@ def _score_sequences(
     subjects: list[Subject],
     journals: dict[str, Journal],
     models: _Models,
-    track: Track,
+    track: Track[Any],
 ) -> list[str]:
     """Teacher-forced logits of each subject against the reference's, journaled per sequence; returns the keys."""
     keys = [item_key("sequence", s.token_ids, s.score_from) for s in sequences]
@@ -305,7 +305,7 @@ def _answer_problems(
     journals: dict[str, Journal],
     reference_journal: Journal,
     models: _Models,
-    track: Track,
+    track: Track[Any],
 ) -> None:
     """Greedy answers of the reference and every subject, problem by problem, each journaled with its wall time."""
 

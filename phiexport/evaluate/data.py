@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from phiexport.resources import data_dir
+
+Draft = Callable[[list[int], int], list[int]]  # a package's greedy continuation of a prefix, which a reference checks
 
 
 @dataclass(frozen=True)

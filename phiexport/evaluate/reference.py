@@ -6,17 +6,16 @@ A checkpoint whose fp32 weights would take more than `IN_MEMORY_BYTES` is run a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from phiexport.evaluate.data import ScoredSequence
+from phiexport.evaluate.data import Draft, ScoredSequence
+from phiexport.progress import Track
 
 IN_MEMORY_BYTES = 4 << 30  # fp32 weights up to this size are loaded whole: SmolLM2 (0.5 GB) is, Phi-4-mini (15 GB) not
-Draft = Callable[[list[int], int], list[int]]
-Track = Callable[[Iterable[Any], int, str], Iterable[Any]]
 
 
 class Reference(Protocol):
@@ -27,7 +26,9 @@ class Reference(Protocol):
     ) -> list[list[int]]: ...
 
 
-def open_reference(checkpoint_dir: Path, *, trust_remote_code: bool = False, track: Track | None = None) -> Reference:
+def open_reference(
+    checkpoint_dir: Path, *, trust_remote_code: bool = False, track: Track[Any] | None = None
+) -> Reference:
     """The whole model when it is small (or brings its own code), else the layer-streamed one (whose passes over
     the layers are shown with `track`)."""
     from phiexport.evaluate.streamed_reference import StreamedReference

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from phiexport.evaluate.data import ScoredSequence
-from phiexport.evaluate.reference import Draft, Track
+from phiexport.evaluate.data import Draft, ScoredSequence
+from phiexport.progress import Track
 from phiexport.source.layered import LayeredModel
 
 VOCAB_ROWS_PER_CHUNK = 16384  # lm_head rows multiplied at once: 200 MB of fp32 at Phi-4-mini's width
@@ -23,7 +23,7 @@ VOCAB_ROWS_PER_CHUNK = 16384  # lm_head rows multiplied at once: 200 MB of fp32 
 class StreamedReference:
     """The checkpoint's fp32 logits and greedy text, holding one decoder layer's weights at a time."""
 
-    def __init__(self, checkpoint_dir: Path, *, track: Track | None = None):
+    def __init__(self, checkpoint_dir: Path, *, track: Track[Any] | None = None):
         import torch
 
         self._torch = torch

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -13,12 +12,11 @@ from phiexport.evaluate.data import chat_prompt, gsm8k_test, prompt_tokenizer, s
 from phiexport.evaluate.metrics import TokenScores, first_divergence
 from phiexport.evaluate.onnx_runner import PackageRunner
 from phiexport.evaluate.reference import open_reference
+from phiexport.progress import Track
 from phiexport.recipe import EvaluationConfig
 from phiexport.runtime.genai import GenaiPipelineRunner, package_stop_ids
 
 REPORT_SCHEMA = "phiexport.report/1"
-T = TypeVar("T")
-Track = Callable[[Iterable[T], int, str], Iterable[T]]
 
 
 def verify_packages(
@@ -102,7 +100,7 @@ class _Runners(dict[str, Any]):
 def open_runner(package_dir: Path) -> Any:
     """The runner for a package: onnxruntime-genai's decoder pipeline over the QDQ bodies on the CPU EP for NPU
     packages, else the genai decoder."""
-    from phiexport.targets.npu import PIPELINE_FILE
+    from phiexport.package.npu_layout import PIPELINE_FILE
 
     if (package_dir / PIPELINE_FILE).is_file():
         return GenaiPipelineRunner(package_dir)

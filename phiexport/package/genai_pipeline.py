@@ -7,7 +7,7 @@ from typing import Any
 
 from phiexport.export.body_parts import BodyPart
 from phiexport.export.static_graphs import EMBEDDINGS_INPUTS, STEP_TENSORS, StaticLayout
-from phiexport.source import Checkpoint
+from phiexport.source.checkpoint import Checkpoint
 from phiexport.source.hf_dir import read_json
 
 

@@ -48,7 +48,7 @@ def genai_model(
     import onnxruntime_genai as og
 
     from phiexport.export.body_parts import BODY_KINDS, described_parts
-    from phiexport.targets.npu import PIPELINE_FILE
+    from phiexport.package.npu_layout import PIPELINE_FILE
 
     pipeline = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))
     parts = described_parts(pipeline["parts"])
@@ -111,7 +111,7 @@ class GenaiPipelineRunner:
     output: og keeps only the last append's, and runs every append through the prefill stage, as a prompt."""
 
     def __init__(self, package_dir: Path, device: str | Mapping[str, str | None] = "cpu", **model_options: Any):
-        from phiexport.targets.npu import PIPELINE_FILE
+        from phiexport.package.npu_layout import PIPELINE_FILE
 
         layout = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))["layout"]
         self.context: int = layout["context"]

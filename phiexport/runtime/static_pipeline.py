@@ -54,7 +54,7 @@ class StaticPipeline:
     @classmethod
     def from_package(cls, package_dir: Path) -> StaticPipeline:
         """Sessions on the CPU EP for an NPU package's graphs, its QDQ body parts chained."""
-        from phiexport.targets.npu import PIPELINE_FILE
+        from phiexport.package.npu_layout import PIPELINE_FILE
 
         pipeline = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))
         layout = StaticLayout(**pipeline["layout"])

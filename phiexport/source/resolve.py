@@ -12,10 +12,12 @@ from phiexport.architectures import architecture_for
 from phiexport.digest import describe_files, sha256_file
 from phiexport.errors import SourceError, UsageError
 from phiexport.recipe import SourceConfig
-from phiexport.source import gguf, hub, prequantized
 from phiexport.source.cache import cached_copy, digest_of
 from phiexport.source.checkpoint import Checkpoint, SourceKind
+from phiexport.source.gguf import dequantized_checkpoint, gguf_architecture
 from phiexport.source.hf_dir import check_hf_dir, read_json
+from phiexport.source.hub import download_snapshot
+from phiexport.source.prequantized import quantization_config, write_fp32_copy
 from phiexport.source.weights import check_weights
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -40,7 +42,7 @@ def resolve_source(source: SourceConfig, cache_root: Path) -> Checkpoint:
             f"{model} is a file but not a .gguf", "pass a Hugging Face directory, a .gguf file or a Hub id"
         )
     if _HUB_ID.match(model) and not model.startswith((".", "~")) and not model.endswith(".gguf"):
-        snapshot, commit = hub.download_snapshot(model, source.revision, allow_pickle=source.allow_pickle)
+        snapshot, commit = download_snapshot(model, source.revision, allow_pickle=source.allow_pickle)
         return _from_directory(snapshot, source, cache_root, kind="hub", origin=model, revision=commit)
     raise UsageError(f"no such file or directory: {model}", "check the path, or pass a Hub id like org/name")
 
@@ -51,9 +53,9 @@ def _from_directory(
     config, architecture, used = check_hf_dir(
         path, allow_pickle=source.allow_pickle, trust_remote_code=source.trust_remote_code
     )
-    if (quant := prequantized.quantization_config(config)) is not None:
+    if (quant := quantization_config(config)) is not None:
         files = describe_files(path, used)
-        write = partial(prequantized.write_fp32_copy, path, quant=quant)
+        write = partial(write_fp32_copy, path, quant=quant)
         directory = cached_copy(cache_root / "prequantized", digest_of(files), write)
         check_weights(directory)
         return Checkpoint(
@@ -79,9 +81,9 @@ def _from_directory(
 
 
 def _from_gguf(path: Path, origin: str, cache_root: Path) -> Checkpoint:
-    gguf.gguf_architecture(path)  # header only: refuse an unsupported file before hashing gigabytes
+    gguf_architecture(path)  # header only: refuse an unsupported file before hashing gigabytes
     digest = sha256_file(path)
-    directory = gguf.dequantized_checkpoint(path, digest, cache_root)
+    directory = dequantized_checkpoint(path, digest, cache_root)
     config = read_json(directory / "config.json")
     check_weights(directory)  # dequantization can overflow to inf
     return Checkpoint(

@@ -1,19 +1,18 @@
 """CPU: dynamic shapes, MatMulNBits weight-only int4/int8 (or float weights), GroupQueryAttention KV cache."""
 
-from phiexport.targets import Target, register_target
+from phiexport.targets.target import Target
 
-CPU = register_target(
-    Target(
-        name="cpu",
-        execution_provider="cpu",
-        precisions=("int4", "int8", "fp32"),
-        static_shapes=False,
-        needs_calibration=False,
-        evaluated_on="onnxruntime CPU execution provider",
-        description="x86/ARM CPUs through onnxruntime-genai's CPU execution provider",
-        # onnxruntime's own thread default (one per physical core) rather than onnxruntime-genai's (half the hardware
-        # threads): SmolLM2 decodes 1.33-1.44x faster, first token 30-45 % sooner (BENCHMARKS.md, decode table)
-        session_options=(("intra_op_num_threads", 0),),
-        imports_integers=True,
-    )
+CPU = Target(
+    name="cpu",
+    execution_provider="cpu",
+    precisions=("int4", "int8", "fp32"),
+    static_shapes=False,
+    needs_calibration=False,
+    evaluated_on="onnxruntime CPU execution provider",
+    description="x86/ARM CPUs through onnxruntime-genai's CPU execution provider",
+    # onnxruntime's own thread default (one per physical core) rather than onnxruntime-genai's (half the hardware
+    # threads): SmolLM2 decodes 1.33-1.44x faster, first token 30-45 % sooner (BENCHMARKS.md, decode table)
+    session_options=(("intra_op_num_threads", 0),),
+    imports_integers=True,
+    builder="phiexport.targets.genai_package",
 )

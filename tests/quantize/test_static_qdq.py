@@ -104,7 +104,7 @@ def test_a_measured_mix_reaches_the_npu_only_through_the_cpu_targets_weights(tar
     """`mixed: auto` scores the whole model; the NPU build holds one layer, so it must reuse the CPU target's
     weights (which needs the same rotation: the NPU rotates by default) or be refused before anything is built."""
     from phiexport.recipe import parse_recipe
-    from phiexport.targets.npu import check_npu_weights
+    from phiexport.targets.npu.build import check_npu_weights
 
     recipe = parse_recipe(
         {
