@@ -88,24 +88,35 @@ def _run_section(name: str, weights: dict[str, Any]) -> str:
         f"`{soc}/` ({c['chip']}, soc_model {c['soc_model']}, v{c['htp_arch']})" for soc, c in contexts.items()
     )
     first, context = next(iter(contexts.items()))
-    simulator = (
-        f"""`--device htp-sim` runs the bodies compiled on their own in `{first}/simulator/` on
-Qualcomm's HTP simulator, every node on the HTP. """
-        if all("simulator" in part for part in context["parts"])
-        else ""
+    parts = weights["parts"]["layers"]
+    layers = ", ".join(f"{first_layer}-{stop - 1}" for first_layer, stop in parts)
+    qdq = weights["qdq_bodies"]
+    shipped = (
+        "their QDQ graphs ship as `body<k>_prefill.onnx` and `body<k>_decode.onnx`"
+        if qdq
+        else "their QDQ graphs, which the build checked, do not ship (`--qdq-bodies` ships them)"
     )
-    layers = ", ".join(f"{first_layer}-{stop - 1}" for first_layer, stop in weights["parts"]["layers"])
+    runs = []
+    if qdq:
+        runs.append(f'`phiexport run {name} "What is 7 * 6?" --device cpu` runs the QDQ bodies on the CPU EP.')
+    if all("simulator" in part for part in context["parts"]):
+        runs.append(
+            f"`--device htp-sim` runs the bodies compiled on their own in `{first}/simulator/` on Qualcomm's HTP "
+            "simulator, every node on the HTP."
+        )
+    runs.append(
+        "On a Snapdragon device, onnxruntime-genai with the QNN execution provider opens the folder as it is: "
+        "`genai_config.json` chains the embeddings, each part's context binaries and the LM head."
+    )
     return f"""## What is inside
 
 - `embeddings.onnx` (token embedding {weights["embeddings"]}, rotary tables) and `lm_head.onnx` ({weights["lm_head"]})
-  run on the CPU; the transformer body is cut into {len(weights["parts"]["layers"])} part(s) of decoder layers
-  ({layers}), each a prefill-chunk and a 1-token decode graph over a fixed KV cache (`body<k>_prefill.onnx`,
-  `body<k>_decode.onnx`, QDQ), `npu_pipeline.json` their shapes and contract.
+  run on the CPU; the transformer body is cut into {len(parts)} part(s) of decoder layers ({layers}), each a
+  prefill-chunk and a 1-token decode graph over a fixed KV cache; {shipped}. `npu_pipeline.json` holds their shapes
+  and contract.
 - Precompiled HTP context binaries, one per part, its prefill and decode sharing one copy of the weights: {socs}.
 
 ## Run it
 
-`phiexport run {name} "What is 7 * 6?" --device cpu` runs the QDQ bodies on the CPU EP. {simulator}On a Snapdragon
-device, open `<soc>/body_*_ctx.onnx` with onnxruntime-qnn; `genai_config.json` describes the pipeline in
-onnxruntime-genai's decoder-pipeline form.
+{" ".join(runs)}
 """

@@ -120,6 +120,9 @@ def test_the_default_layout_ships_what_a_device_loads(npu_package: Path, mini_ph
     assert {"lm_head.onnx", "genai_config.json", "tokenizer.json", "manifest.json", "report.json"} <= files
     assert set(json.loads((package / "manifest.json").read_text())["files"]) == files - {"manifest.json"}
     assert json.loads((package / "report.json").read_text())["metrics"]["tokens"] > 100  # checked before it went
+    card = (package / "README.md").read_text()
+    assert "do not ship (`--qdq-bodies` ships them)" in card and "--device cpu" not in card
+    assert "--device cpu` runs the QDQ bodies" in (npu_package / "README.md").read_text()
     run = run_cli("run", str(package), "Hello", "--device", "cpu")
     assert run.returncode == 2 and "ships no QDQ body graphs" in run.stderr and "--qdq-bodies" in run.stderr, run.stderr
 

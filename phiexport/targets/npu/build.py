@@ -163,6 +163,7 @@ def build_npu_package(
         },
         "calibrated": summary,
         "contexts": contexts,
+        "qdq_bodies": npu.qdq_bodies,
         "simulator": simulator,
     }
 
