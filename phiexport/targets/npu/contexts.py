@@ -8,6 +8,7 @@ from typing import Any
 
 from phiexport.errors import BuildError
 from phiexport.export.body_parts import BODY_KINDS, BodyPart
+from phiexport.memory import release_freed_memory
 
 
 def compile_for_soc(
@@ -50,6 +51,7 @@ def compile_for_soc(
         if separate_dir.is_relative_to(package_dir):
             record["simulator"] = {kind: str(path.relative_to(package_dir)) for kind, path in alone.items()}
         records.append(record)
+        release_freed_memory()
     return {
         "soc_model": target.soc_model,
         "htp_arch": target.htp_arch,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from phiexport.errors import BuildError
 from phiexport.export.body_parts import BodyPart
 from phiexport.export.static_graphs import StaticLayout
+from phiexport.memory import release_freed_memory
 from phiexport.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ def quantize_layers(
             quantized[kind].append(target)
         activations.advance()
         shutil.rmtree(scratch / "fp32")
+        release_freed_memory()
         for part in parts:
             if part.stop == index + 1:
                 for kind, layer_graphs in quantized.items():

@@ -10,6 +10,7 @@ import numpy as np
 
 from phiexport.evaluate.metrics import TokenScores
 from phiexport.export.body_parts import BODY_KINDS, BodyPart
+from phiexport.memory import release_freed_memory
 from phiexport.targets.htp import HTP_PROVIDER
 
 
@@ -44,6 +45,7 @@ def simulator_check(
         chunk_logits = runner.logits(prompt)
         tokens, step_logits = runner.greedy_logits(prompt, decode_tokens + 1) if decode else ([], np.empty(0))
         runner.close()
+        release_freed_memory()
         return chunk_logits, tokens, step_logits
 
     cpu_chunk, cpu_tokens, cpu_steps = run(None, decode=True)
