@@ -23,12 +23,11 @@ import phiexport.targets.npu.layers as layers
 from phiexport.export.body_parts import plan_parts
 from phiexport.export.static_graphs import StaticLayout, rotary_tables
 from phiexport.pipeline import cache_root
-from phiexport.quantize.calibration import LayerCalibration
 from phiexport.quantize.prepare import calibration_text
 from phiexport.recipe import Recipe
 from phiexport.source import resolve_source
 from phiexport.source.layered import LayeredModel
-from phiexport.targets.npu.build import torch_ids
+from phiexport.targets.npu.build import layer_calibration
 
 
 def anonymous_gib() -> float:
@@ -53,20 +52,11 @@ def main() -> None:
         layers.release_freed_memory = lambda: None  # type: ignore[assignment]
     recipe = Recipe.model_validate({"version": 1, "name": "memory", "source": {"model": str(args.checkpoint)}})
     checkpoint = resolve_source(recipe.source, cache_root())
-    npu = recipe.npu
-    layout = StaticLayout.from_config(checkpoint.config, context=npu.context_length, chunk=npu.chunk)
+    layout = StaticLayout.from_config(checkpoint.config, context=recipe.npu.context_length, chunk=recipe.npu.chunk)
     sequences = calibration_text(checkpoint, recipe, max_tokens=layout.context)
     source = LayeredModel(checkpoint.path, rotation_seed=recipe.quantization.rotation_seed)
     cos, sin = (table.numpy() for table in rotary_tables(source.model, layout.context))
-    activations = LayerCalibration(
-        layout,
-        sequences[: npu.activation_sequences],
-        decode_samples=npu.decode_samples,
-        seed=recipe.calibration.seed,
-        cos=cos,
-        sin=sin,
-        embed=lambda ids: source.embedding_rows(torch_ids(ids)).numpy(),
-    )
+    activations = layer_calibration(source, layout, sequences, recipe, cos, sin)
     print("| after layer | resident GiB | peak GiB |\n| --- | --- | --- |")
     print(f"| (start) | {anonymous_gib():.2f} | {peak[0]:.2f} |", flush=True)
 

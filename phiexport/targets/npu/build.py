@@ -73,7 +73,6 @@ def build_npu_package(
     """
     from phiexport.export.static_graphs import rotary_tables
     from phiexport.export.vocab_graphs import write_vocab_graphs
-    from phiexport.quantize.calibration import LayerCalibration
     from phiexport.quantize.prepare import calibration_text
     from phiexport.source.layered import LayeredModel
 
@@ -95,15 +94,7 @@ def build_npu_package(
         write_vocab_graphs(source, layout, cos, sin, package_dir, lm_head_bits=npu.lm_head_bits)
 
     codes, summary = layer_codes(source, sequences, recipe, prepared[1] if reuse and prepared else None)
-    activations = LayerCalibration(
-        layout,
-        sequences[: npu.activation_sequences],
-        decode_samples=npu.decode_samples,
-        seed=recipe.calibration.seed,
-        cos=cos,
-        sin=sin,
-        embed=lambda ids: source.embedding_rows(torch_ids(ids)).numpy(),
-    )
+    activations = layer_calibration(source, layout, sequences, recipe, cos, sin)
     with progress.stage("npu layers", f"export, calibrate, quantize w{weight_bits} block {quant.block_size} a16"):
         quantize_layers(
             source,
@@ -197,6 +188,24 @@ def check_npu_weights(recipe: Recipe) -> None:
             "mixed: auto scores the whole model per candidate, and the NPU build holds one decoder layer at a time",
             "add the cpu target (the NPU package then reuses its weights), or use gptq or awq without mixed: auto",
         )
+
+
+def layer_calibration(
+    source: Any, layout: StaticLayout, sequences: list[list[int]], recipe: Recipe, cos: Any, sin: Any
+) -> Any:
+    """The activation calibration samples of the recipe's first `npu.activation_sequences` conversations, embedded
+    by `source` (a LayeredModel), ready for the first decoder layer."""
+    from phiexport.quantize.calibration import LayerCalibration
+
+    return LayerCalibration(
+        layout,
+        sequences[: recipe.npu.activation_sequences],
+        decode_samples=recipe.npu.decode_samples,
+        seed=recipe.calibration.seed,
+        cos=cos,
+        sin=sin,
+        embed=lambda ids: source.embedding_rows(torch_ids(ids)).numpy(),
+    )
 
 
 def torch_ids(ids: list[int]) -> Any:
