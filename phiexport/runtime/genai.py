@@ -3,9 +3,9 @@ the body stages pointed at what this machine can execute.
 
 `htp-sim`: the separately compiled context binaries of the first SoC (`<soc>/simulator/`), with the package's own QNN
 options, through onnxruntime-qnn's plugin on the HTP simulator; the weight-sharing pair a device loads cannot load on
-x86 (docs/npu.md). `cpu`: the QDQ body graphs on the CPU execution provider. og reads a view of the package: a folder
-of links beside an edited genai_config.json (og's config overlay cannot empty a stage's provider list, nor drop a
-stage). The embeddings and LM head stages run on the CPU in both, as on the device.
+x86 (docs/npu.md). `cpu`: the QDQ body graphs on the CPU execution provider, as written (`QDQ_AS_WRITTEN`). og
+reads a view of the package: a folder of links beside an edited genai_config.json (og's config overlay cannot empty
+a stage's provider list, nor drop a stage). The embeddings and LM head stages run on the CPU in both, as on the device.
 
 `GenaiPipelineRunner` scores and generates through it: `phiexport eval`, the build's check and its simulator check.
 """
@@ -27,6 +27,12 @@ from phiexport.export.capture import output_to_log
 
 DEVICES = ("cpu", "htp-sim")
 SIMULATOR_LINK = "simulator-bodies"  # the view's link to the folder of the simulated bodies
+# The CPU EP runs a QDQ body as written: at onnxruntime's default level it rewrites the graph (DequantizeLinear →
+# MatMul into MatMulNBits with int8 activations, accuracy level 4, among other QDQ rewrites), which is not the
+# arithmetic the HTP runs, and holds each session's weights 1.8× (fused copy + prepacked), prefill and decode apart.
+# Basic-level sessions map the weights from the package's files and dequantize them per call (docs/npu.md), with
+# no arena to keep those floats.
+QDQ_AS_WRITTEN = {"graph_optimization_level": "ORT_ENABLE_BASIC", "enable_cpu_mem_arena": False}
 
 
 @contextmanager
@@ -76,7 +82,7 @@ def genai_model(
                     "rebuild it with --qdq-bodies (recipe: npu.qdq_bodies: true), or run it with --device htp-sim",
                 )
             stage["filename"] = graphs[name]  # the QDQ graph
-            stage.pop("session_options", None)
+            stage["session_options"] = dict(QDQ_AS_WRITTEN)
         elif name in graphs:
             assert bodies is not None
             stage["filename"] = f"{SIMULATOR_LINK}/{bodies[name].name}"  # the context model finds its .bin beside it

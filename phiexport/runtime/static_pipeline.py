@@ -53,14 +53,15 @@ class StaticPipeline:
 
     @classmethod
     def from_package(cls, package_dir: Path) -> StaticPipeline:
-        """Sessions on the CPU EP for an NPU package's graphs, its QDQ body parts chained."""
+        """Sessions on the CPU EP for an NPU package's graphs, its QDQ body parts chained and run as written (the
+        arithmetic the HTP runs; onnxruntime's optimizer would compute their matmuls with int8 activations)."""
         from phiexport.package.npu_layout import PIPELINE_FILE
 
         pipeline = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))
         layout = StaticLayout(**pipeline["layout"])
         vocab = {name: cpu_session(package_dir / file) for name, file in pipeline["graphs"].items()}
         bodies = [
-            (part, {kind: cpu_session(package_dir / part.graph_file(kind)) for kind in BODY_KINDS})
+            (part, {kind: exact_session(package_dir / part.graph_file(kind)) for kind in BODY_KINDS})
             for part in described_parts(pipeline["parts"])
         ]
         return cls(vocab, bodies, layout)
