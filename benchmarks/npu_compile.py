@@ -35,10 +35,13 @@ else:
 
 
 def body_facts(path: Path) -> tuple[int, int]:
-    """(bytes of the graph and its external data, nodes) of one QDQ body."""
-    size = path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(f"{path.name}.data"))
-    nodes = len(onnx.load(path, load_external_data=False).graph.node)
-    return size, nodes
+    """(bytes of the graph and of the weights it reads, which a part's two graphs share in one file; nodes) of one
+    QDQ body."""
+    graph = onnx.load(path, load_external_data=False).graph
+    weights = sum(
+        int(entry.value) for tensor in graph.initializer for entry in tensor.external_data if entry.key == "length"
+    )
+    return path.stat().st_size + weights, len(graph.node)
 
 
 def main() -> None:

@@ -4,8 +4,11 @@
     .venv/bin/python benchmarks/scale_build.py /data/phi4-mini-shape --scratch /data/runs
     .venv/bin/python benchmarks/scale_build.py /data/phi4-mini-shape --target npu --parts auto --scratch /data/runs
 
-The build runs in its own process; its RSS (anonymous + file-mapped, the process and its children) is sampled every
-0.2 s and each sample is assigned to the stage running at that moment (the stage times of `--json`, in order).
+The build runs in its own process; its RSS (anonymous + file-mapped, the process and its children) and its PSS are
+sampled every 0.2 s and each sample is assigned to the stage running at that moment (the stage times of `--json`, in
+order). RSS counts a file page once per mapping of it, PSS once (divided among the processes sharing it): they part
+where one process maps a file twice, as the NPU build's CPU-EP check does with a part's prefill and decode sessions
+reading one weight file.
 The random checkpoints are not language models, so the accuracy figures only show that verification ran; the check
 is cut to a few sequences and one short greedy prompt (a random model's int4 package agrees with it on almost no
 token, the worst case for the speculative greedy check).
@@ -36,29 +39,35 @@ npu:
 """
 
 
-def resident_kib(pid: int) -> int:
-    """RssAnon + RssFile of `pid` and its descendants."""
-    total = 0
+def resident_kib(pid: int) -> tuple[int, int]:
+    """(RssAnon + RssFile, Pss) of `pid` and its descendants."""
+    rss = pss = 0
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(("RssAnon:", "RssFile:")):
-                total += int(line.split()[1])
+                rss += int(line.split()[1])
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                pss += int(line.split()[1])
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
-        return total
-    return total + sum(resident_kib(int(child)) for child in children)
+        return rss, pss
+    for child in children:
+        child_rss, child_pss = resident_kib(int(child))
+        rss, pss = rss + child_rss, pss + child_pss
+    return rss, pss
 
 
-def sampled_build(recipe: Path, output: Path) -> tuple[dict, float, list[tuple[float, int]]]:
-    """(the build's --json result, wall s, [(seconds since start, KiB)])."""
+def sampled_build(recipe: Path, output: Path) -> tuple[dict, float, list[tuple[float, int, int]]]:
+    """(the build's --json result, wall s, [(seconds since start, RSS KiB, PSS KiB)])."""
     command = [sys.executable, "-m", "phiexport", "build", "-r", str(recipe), "-o", str(output), "--json"]
-    samples: list[tuple[float, int]] = []
+    samples: list[tuple[float, int, int]] = []
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def sample() -> None:
         while process.poll() is None:
-            samples.append((time.perf_counter() - start, resident_kib(process.pid)))
+            samples.append((time.perf_counter() - start, *resident_kib(process.pid)))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample)
@@ -70,14 +79,20 @@ def sampled_build(recipe: Path, output: Path) -> tuple[dict, float, list[tuple[f
     return json.loads(stdout), time.perf_counter() - start, samples
 
 
-def stage_peaks(timings: dict[str, float], samples: list[tuple[float, int]], wall: float) -> dict[str, float]:
-    """Peak GiB within each stage's window; the process's start-up (before the first stage) goes to the first."""
-    peaks: dict[str, float] = {}
+def stage_peaks(
+    timings: dict[str, float], samples: list[tuple[float, int, int]], wall: float
+) -> dict[str, tuple[float, float]]:
+    """(peak RSS, peak PSS) GiB within each stage's window; the process's start-up (before the first stage) goes to
+    the first."""
+    peaks: dict[str, tuple[float, float]] = {}
     edge = wall - sum(timings.values())  # interpreter start-up and argument parsing
     for index, (stage, seconds) in enumerate(timings.items()):
         low, edge = (0.0 if index == 0 else edge), edge + seconds
-        inside = [kib for t, kib in samples if low <= t < edge]
-        peaks[stage] = max(inside, default=0) / 2**20
+        inside = [(rss, pss) for t, rss, pss in samples if low <= t < edge]
+        peaks[stage] = (
+            max((rss for rss, _ in inside), default=0) / 2**20,
+            max((pss for _, pss in inside), default=0) / 2**20,
+        )
     return peaks
 
 
@@ -109,15 +124,17 @@ def main() -> None:
             peaks = stage_peaks(result["timings_s"], samples, wall)
             rows.append((checkpoint.name, size, package, wall, result["timings_s"], peaks))
     stages = list(rows[0][4])
-    header = " | ".join(f"{stage} s / GiB" for stage in stages)
-    print(f"| checkpoint | on disk GB | package GB | wall s | {header} | peak GiB | ÷ checkpoint |")
+    header = " | ".join(f"{stage} s / RSS / PSS GiB" for stage in stages)
+    print(f"| checkpoint | on disk GB | package GB | wall s | {header} | peak RSS / PSS GiB | RSS ÷ checkpoint |")
     print("|---|---:|---:|---:|" + "---:|" * len(stages) + "---:|---:|")
     for name, size, package, wall, timings, peaks in rows:
-        cells = " | ".join(f"{timings.get(s, 0):.0f} / {peaks.get(s, 0):.2f}" for s in stages)
-        peak = max(peaks.values())
+        cells = " | ".join(
+            f"{timings.get(s, 0):.0f} / {peaks.get(s, (0, 0))[0]:.2f} / {peaks.get(s, (0, 0))[1]:.2f}" for s in stages
+        )
+        rss, pss = (max(peak[i] for peak in peaks.values()) for i in (0, 1))
         print(
-            f"| {name} | {size / 1e9:.2f} | {package / 1e9:.2f} | {wall:.0f} | {cells} | {peak:.2f} | "
-            f"{peak * 2**30 / size:.2f} |"
+            f"| {name} | {size / 1e9:.2f} | {package / 1e9:.2f} | {wall:.0f} | {cells} | {rss:.2f} / {pss:.2f} | "
+            f"{rss * 2**30 / size:.2f} |"
         )
 
 

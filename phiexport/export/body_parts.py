@@ -35,6 +35,11 @@ class BodyPart:
         """The QDQ graph's file name (`kind`: prefill or decode)."""
         return f"body{self.index}_{kind}.onnx"
 
+    @property
+    def data_file(self) -> str:
+        """The weights of the part's prefill and decode graphs, one copy for both (export/stitch.py)."""
+        return f"body{self.index}.onnx.data"
+
     def stage(self, kind: str) -> str:
         """The og pipeline stage running this part's `kind` graph."""
         return f"{kind}_{self.index}"
@@ -46,7 +51,11 @@ class BodyPart:
         return body_output_names(layout, self.layers)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": [self.first, self.stop], **{kind: self.graph_file(kind) for kind in BODY_KINDS}}
+        return {
+            "layers": [self.first, self.stop],
+            **{kind: self.graph_file(kind) for kind in BODY_KINDS},
+            "data": self.data_file,
+        }
 
 
 def described_parts(records: list[dict[str, Any]]) -> list[BodyPart]:

@@ -4,7 +4,9 @@ Layer l's graph (a one-layer layout: hidden, the step tensors, past_key.0/past_v
 present_key.0/present_value.0) has its internal names moved under `/layers.l/`, its cache inputs and outputs
 renumbered, and its `hidden_out` wired to layer l+1's `hidden` (named as in the whole body, so a part's output is
 the next part's input); the step tensors (cos, sin, mask, write, keep) stay shared. Weights are copied from each
-layer's data file into the body's, a tensor at a time.
+layer's data file into the part's, a tensor at a time; a part's prefill and decode graphs hold the same weights and
+share one data file (`WeightFile`), so a process running both maps them from one file and the page cache holds
+them once.
 
 Quantized per layer, the graphs repeat what the whole graph had once: every layer quantizes the shared inputs with
 the same parameters, and a layer boundary becomes Q → DQ → Q → DQ with equal parameters. `merge_repeated_qdq` folds
@@ -14,8 +16,10 @@ quantization a whole-graph pass would have.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from phiexport.export.static_graphs import (
@@ -29,34 +33,67 @@ from phiexport.export.static_graphs import (
 SHARED_INPUTS = STEP_TENSORS
 
 
-def stitch_layers(layer_graphs: list[Path], layout: StaticLayout, output: Path, *, first: int = 0) -> Path:
+class WeightFile:
+    """One external-data file written for several graphs: a tensor whose name and bytes are already in it points at
+    those bytes, any other is appended."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = path.open("wb")
+        self._written: dict[str, tuple[bytes, int, int]] = {}  # name → (sha256, offset, length)
+
+    def place(self, tensor: Any, base: Path) -> None:
+        """Store external `tensor`'s bytes (its location relative to `base`) and point it here."""
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        with (base / entries["location"]).open("rb") as source:
+            source.seek(int(entries.get("offset", 0)))
+            payload = source.read(int(entries["length"]))
+        digest = hashlib.sha256(payload).digest()
+        written = self._written.get(tensor.name)
+        if written is None or written[0] != digest:
+            written = (digest, self._file.tell(), len(payload))
+            self._file.write(payload)
+            self._written[tensor.name] = written
+        del tensor.external_data[:]
+        for key, value in (("location", self.path.name), ("offset", str(written[1])), ("length", str(written[2]))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+
+    def __enter__(self) -> WeightFile:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self._file.close()
+
+
+def stitch_layers(
+    layer_graphs: list[Path], layout: StaticLayout, output: Path, data: WeightFile, *, first: int = 0
+) -> Path:
     """Write the body graph of decoder layers `first` … (one one-layer graph each, in order) of `layout` to
-    `output`, data beside it."""
+    `output`, its weights to `data` (a file in the same folder)."""
     import onnx
 
-    data_name = f"{output.name}.data"
     nodes: list[Any] = []
     initializers: list[Any] = []
     value_info: list[Any] = []
     model_0: Any = None
-    with (output.parent / data_name).open("wb") as data:
-        for index, path in enumerate(layer_graphs):
-            model = onnx.load(str(path), load_external_data=False)
-            model_0 = model_0 or model
-            rename = _renamer(first + index, layout.layers)
-            for node in model.graph.node:
-                node.name = rename(node.name)
-                node.input[:] = [rename(name) if name else name for name in node.input]
-                node.output[:] = [rename(name) for name in node.output]
-                nodes.append(node)
-            for tensor in model.graph.initializer:
-                tensor.name = rename(tensor.name)
-                if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                    _copy_external(tensor, path.parent, data, data_name)
-                initializers.append(tensor)
-            for info in model.graph.value_info:
-                info.name = rename(info.name)
-                value_info.append(info)
+    for index, path in enumerate(layer_graphs):
+        model = onnx.load(str(path), load_external_data=False)
+        model_0 = model_0 or model
+        rename = _renamer(first + index, layout.layers)
+        for node in model.graph.node:
+            node.name = rename(node.name)
+            node.input[:] = [rename(name) if name else name for name in node.input]
+            node.output[:] = [rename(name) for name in node.output]
+            nodes.append(node)
+        for tensor in model.graph.initializer:
+            tensor.name = rename(tensor.name)
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                data.place(tensor, path.parent)
+            initializers.append(tensor)
+        for info in model.graph.value_info:
+            info.name = rename(info.name)
+            value_info.append(info)
     inputs = {info.name: info for info in model_0.graph.input}
     outputs = {info.name: info for info in model_0.graph.output}
     layers = range(first, first + len(layer_graphs))
@@ -145,20 +182,6 @@ def _renamed_info(infos: dict[str, Any], name: str, residual: str) -> Any:
     info = copy.deepcopy(infos[generic])
     info.name = name
     return info
-
-
-def _copy_external(tensor: Any, base: Path, data: Any, data_name: str) -> None:
-    """Append the tensor's bytes to `data` and point the tensor there."""
-    entries = {entry.key: entry.value for entry in tensor.external_data}
-    with (base / entries["location"]).open("rb") as source:
-        source.seek(int(entries.get("offset", 0)))
-        payload = source.read(int(entries["length"]))
-    offset = data.tell()
-    data.write(payload)
-    del tensor.external_data[:]
-    for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(payload)))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
 
 
 def _value_key(tensor: Any) -> Any:

@@ -14,7 +14,7 @@ from phiexport.recipe import Recipe
 from phiexport.source.checkpoint import Checkpoint
 
 PIPELINE_FILE = "npu_pipeline.json"
-PIPELINE_SCHEMA = "phiexport.npu-pipeline/2"
+PIPELINE_SCHEMA = "phiexport.npu-pipeline/3"  # /3: a part's QDQ graphs share one weight file
 SIMULATOR_DIR = "simulator"  # <soc>/simulator/: each body compiled on its own, what the x86 simulator loads
 VOCAB_FILES = {"embeddings": "embeddings.onnx", "lm_head": "lm_head.onnx"}  # the CPU graphs
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")

@@ -1,5 +1,6 @@
-"""Per-layer body graphs stitched into one compute what the whole-model export computes, and quantization repeated
-at layer boundaries folds back into one Q/DQ pair."""
+"""Per-layer body graphs stitched into one compute what the whole-model export computes, a part's prefill and decode
+graphs keep one copy of their weights, and quantization repeated at layer boundaries folds back into one Q/DQ
+pair."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from transformers import AutoModelForCausalLM
 
 from phiexport.export.static_graphs import StaticLayout, body_example, export_layer_graphs, export_static_graphs
-from phiexport.export.stitch import merge_repeated_qdq, stitch_layers
+from phiexport.export.stitch import WeightFile, merge_repeated_qdq, stitch_layers
 from phiexport.runtime.static_pipeline import cpu_session, exact_session
 
 
@@ -28,9 +29,19 @@ def test_stitched_layers_compute_the_whole_body(architecture, miniature_dirs, tm
     for index, layer in enumerate(model.model.layers):
         for kind, path in export_layer_graphs(layer, layout, tmp_path / f"layer{index}").items():
             parts[kind].append(path)
+    with WeightFile(tmp_path / "prefill_alone.data") as alone:
+        stitch_layers(parts["prefill"], layout, tmp_path / "prefill_alone.onnx", alone)
+    with WeightFile(tmp_path / "stitched.data") as shared:
+        stitched_graphs = {
+            kind: stitch_layers(parts[kind], layout, tmp_path / f"stitched_{kind}.onnx", shared) for kind in parts
+        }
+    # the decode graph's weights are the prefill graph's: the shared file is no larger than the prefill's alone
+    weights = sum(parameter.numel() * 4 for parameter in model.model.layers.parameters())
+    assert (tmp_path / "stitched.data").stat().st_size == (tmp_path / "prefill_alone.data").stat().st_size
+    assert weights * 0.9 < (tmp_path / "stitched.data").stat().st_size <= weights
     rng = np.random.default_rng(0)
     for kind, steps in (("prefill", layout.chunk), ("decode", 1)):
-        stitched = stitch_layers(parts[kind], layout, tmp_path / f"stitched_{kind}.onnx")
+        stitched = stitched_graphs[kind]
         feed = {
             info.name: rng.standard_normal(np.asarray(example).shape).astype(np.float32)
             for info, example in zip(cpu_session(stitched).get_inputs(), body_example(layout, steps), strict=True)

@@ -62,6 +62,11 @@ def test_package_holds_shared_context_binaries_per_soc_and_part(npu_package: Pat
         assert binaries == ["body0_prefill_ctx_qnn.bin", "body1_prefill_ctx_qnn.bin"], "one shared binary per part"
     files = set(manifest["files"])
     assert {"embeddings.onnx", "body1_decode.onnx", "lm_head.onnx", "genai_config.json"} <= files
+    # a part's prefill and decode QDQ graphs read their weights from one file
+    assert {name for name in files if name.endswith(".data") and name.startswith("body")} == {
+        "body0.onnx.data",
+        "body1.onnx.data",
+    }
 
 
 def test_genai_config_chains_the_parts(npu_package: Path) -> None:

@@ -166,9 +166,8 @@ def drop_qdq_bodies(package_dir: Path, recipe: Recipe) -> None:
         return
     pipeline = json.loads((package_dir / PIPELINE_FILE).read_text(encoding="utf-8"))
     for part in pipeline["parts"]:
-        for kind in BODY_KINDS:
-            (package_dir / part[kind]).unlink()
-            (package_dir / f"{part[kind]}.data").unlink()
+        for name in (*(part[kind] for kind in BODY_KINDS), part["data"]):
+            (package_dir / name).unlink()
 
 
 def reuses_prepared(recipe: Recipe) -> bool:

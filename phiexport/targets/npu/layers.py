@@ -33,7 +33,7 @@ def quantize_layers(
     them, quantize (activations from those samples, weights in blocks or `codes(index, layer)`); each part's
     graphs are stitched from its layers' as soon as its last layer is done."""
     from phiexport.export.static_graphs import export_layer_graphs
-    from phiexport.export.stitch import stitch_layers
+    from phiexport.export.stitch import WeightFile, stitch_layers
     from phiexport.quantize.onnx_weights import match_float_weights
     from phiexport.quantize.static_qdq import quantize_body
     from phiexport.runtime.static_pipeline import exact_session
@@ -68,10 +68,11 @@ def quantize_layers(
         release_freed_memory()
         for part in parts:
             if part.stop == index + 1:
-                for kind, layer_graphs in quantized.items():
-                    stitch_layers(
-                        layer_graphs[part.first :], layout, package_dir / part.graph_file(kind), first=part.first
-                    )
+                with WeightFile(package_dir / part.data_file) as data:
+                    for kind, layer_graphs in quantized.items():
+                        output = package_dir / part.graph_file(kind)
+                        stitch_layers(layer_graphs[part.first :], layout, output, data, first=part.first)
+                for layer_graphs in quantized.values():
                     for graph in layer_graphs[part.first :]:
                         shutil.rmtree(graph.parent)
     shutil.rmtree(scratch)
