@@ -49,6 +49,15 @@ class SourceIntegers:
         """True when every linear (LM head included) has integers to import: nothing is left to re-quantize."""
         return all(name in self.weights for name in self.formats if name != EMBEDDING)
 
+    def describe(self, accuracy_level: int, rest: str) -> str:
+        """The export stage's line, e.g. `the GGUF's own integers (Q4_1, Q8_0), fp32 compute`; `rest` names how the
+        linears without integers are quantized, when there are any."""
+        kinds = ", ".join(sorted({self.formats[name] for name in self.weights if name in self.formats}))
+        compute = "int8-activation" if accuracy_level == INT8_ACTIVATIONS else "fp32"
+        return f"the {self.label}'s own integers ({kinds}), {compute} compute" + (
+            "" if self.complete else f"; the rest {rest}"
+        )
+
     def report(self, imported: set[str], accuracy_level: int) -> dict[str, Any]:
         """The manifest's account: source tensors imported (by format), those re-quantized or kept in float."""
         counts: dict[str, int] = {}

@@ -37,7 +37,10 @@ def build(job: BuildJob) -> BuiltPackage:
     if recipe.source.trust_remote_code:
         options["hf_remote"] = "true"
     report: dict[str, Any] = {}
-    with job.progress.stage(f"export {target.name}", quant.describe()):
+    integers = job.integers if target.imports_integers else None
+    level = quant.compute_level(imported=True)
+    detail = quant.describe() if integers is None else integers.describe(level, quant.describe())
+    with job.progress.stage(f"export {target.name}", detail):
         export_with_builder(
             stage_checkpoint(exported, job.scratch / target.name),
             package_dir,
@@ -51,10 +54,9 @@ def build(job: BuildJob) -> BuiltPackage:
         if calibrated is not None:
             write_matmul_nbits(package_dir / "model.onnx", calibrated.weights)
         weights = check_weight_nodes(_graph_nodes(package_dir / "model.onnx"), quant)
-        if job.integers is not None and target.imports_integers:
-            level = quant.compute_level(imported=True)
-            imported = import_weights(package_dir / "model.onnx", job.integers.weights, accuracy_level=level)
-            summary = job.integers.report(imported, level)
+        if integers is not None:
+            imported = import_weights(package_dir / "model.onnx", integers.weights, accuracy_level=level)
+            summary = integers.report(imported, level)
             weights = {
                 "precision": quant.precision,
                 "body": describe_import(summary),

@@ -47,3 +47,21 @@ def test_requantize_rounds_the_dequantized_gguf_again(smollm2_gguf, smollm2_chec
     assert "imported" not in manifest["weights"] and manifest["weights"]["method"] == "rtn"
     assert manifest["recipe"]["quantization"]["requantize"] is True
     assert json.loads(result.stdout)["metrics"]["cpu"]["kl_mean"] > 0.2
+
+
+def test_the_export_line_names_the_imported_formats(smollm2_gguf, smollm2_checkpoint):
+    """The build's stage line says what happened to the weights: the GGUF's own Q4_1 linears and Q8_0 tied LM head,
+    read here from the file's tensor types, not GPTQ or RTN."""
+    from gguf import GGUFReader
+
+    from phiexport.quantize.imported import source_integers
+    from phiexport.recipe import QuantizationConfig
+
+    kinds = {tensor.tensor_type.name for tensor in GGUFReader(smollm2_gguf).tensors if len(tensor.shape) == 2}
+    assert kinds == {"Q4_1", "Q8_0"}
+    integers = source_integers(smollm2_checkpoint, QuantizationConfig(method="gptq"))
+    assert integers is not None and integers.complete
+    assert integers.describe(1, "unused") == "the GGUF's own integers (Q4_1, Q8_0), fp32 compute"
+    assert integers.describe(4, "unused") == "the GGUF's own integers (Q4_1, Q8_0), int8-activation compute"
+    integers.weights.pop("lm_head")  # a linear without integers is re-quantized as the recipe says
+    assert integers.describe(1, "int4 rtn block 32 sym").endswith("fp32 compute; the rest int4 rtn block 32 sym")
