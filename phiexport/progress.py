@@ -61,7 +61,8 @@ class StageProgress:
                 self._live.remove_task(task)
         raise_if_interrupted()
         if self.console is not None:
-            self.console.print(f"[green]✓[/green] {name} [dim]{detail}[/dim] {elapsed:.1f}s")
+            # one line however narrow the terminal: a wrapped line splits a stage from its time in logs
+            self.console.print(f"[green]✓[/green] {name} [dim]{detail}[/dim] {elapsed:.1f}s", soft_wrap=True)
 
     def track(self, items: Iterable[T], total: int, description: str) -> Iterator[T]:
         task = self._live.add_task(description, total=total) if self._live else None
