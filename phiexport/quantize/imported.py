@@ -53,8 +53,7 @@ class SourceIntegers:
         """The export stage's line, e.g. `the GGUF's own integers (Q4_1, Q8_0), fp32 compute`; `rest` names how the
         linears without integers are quantized, when there are any."""
         kinds = ", ".join(sorted({self.formats[name] for name in self.weights if name in self.formats}))
-        compute = "int8-activation" if accuracy_level == INT8_ACTIVATIONS else "fp32"
-        return f"the {self.label}'s own integers ({kinds}), {compute} compute" + (
+        return f"the {self.label}'s own integers ({kinds}), {_compute(accuracy_level)} compute" + (
             "" if self.complete else f"; the rest {rest}"
         )
 
@@ -139,9 +138,12 @@ def _checkpoint_integers(directory: Path, tied: bool) -> SourceIntegers:
 def describe_import(report: dict[str, Any]) -> str:
     """One line for the model card, e.g. `the GGUF's own integers (Q4_1 × 210, Q8_0 × 1), fp32 compute`."""
     formats = ", ".join(f"{kind} × {count}" for kind, count in sorted(report["imported"].items()))
-    compute = "int8-activation" if report["accuracy_level"] == INT8_ACTIVATIONS else "fp32"
     rest = f"; {len(report['requantized'])} tensors re-quantized" if report["requantized"] else ""
-    return f"the {report['source']}'s own integers ({formats}), {compute} compute{rest}"
+    return f"the {report['source']}'s own integers ({formats}), {_compute(report['accuracy_level'])} compute{rest}"
+
+
+def _compute(accuracy_level: int) -> str:
+    return "int8-activation" if accuracy_level == INT8_ACTIVATIONS else "fp32"
 
 
 def import_weights(model_path: Path, weights: dict[str, BlockWeight], *, accuracy_level: int) -> set[str]:
