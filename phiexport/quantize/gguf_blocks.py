@@ -5,7 +5,8 @@ codes are shifted up and their min is −shift · scale. The K-quants' super-blo
 (32 weights, 16 for Q6_K). quantize/imported.py writes these as MatMulNBits.
 
 The bit layouts are the `gguf` package's own: a format's codes are read by dequantizing the blocks with their
-scales set to 1 and their offsets to 0, and its scales and mins from the block headers.
+scales set to 1 and their offsets to 0, and its scales and mins from the block headers. The K-quants' sub-block
+scales and mins are small integers times an fp16 unit per super-block (`Steps`), which the package stores as such.
 """
 
 from __future__ import annotations
@@ -21,6 +22,36 @@ Q = GGMLQuantizationType
 
 
 @dataclass(frozen=True)
+class Steps:
+    """Per-block values that are integer steps of an fp16 unit shared by `group` consecutive blocks: a K-quant's
+    sub-block scales (`d · sc`) and mins (`−dmin · m`), one byte a block where their fp32 products take four."""
+
+    units: np.ndarray  # float32, each an fp16 value, [rows, blocks / group]
+    steps: np.ndarray  # uint8 or int8 [rows, blocks]
+
+    @property
+    def group(self) -> int:
+        return self.steps.shape[1] // self.units.shape[1]
+
+    def values(self) -> np.ndarray:
+        """float32 `[rows, blocks]`, the same products as the format's own dequantization."""
+        rows, blocks = self.steps.shape
+        grouped = self.steps.reshape(rows, -1, self.group).astype(np.float32)
+        return (self.units[..., None] * grouped).reshape(rows, blocks)
+
+    def take_rows(self, rows: np.ndarray | slice) -> Steps:
+        return Steps(self.units[rows], self.steps[rows])
+
+    @staticmethod
+    def stack(parts: list[Steps | None]) -> Steps | None:
+        """The parts' rows one after another; None unless every part has steps of one type and group."""
+        present = [part for part in parts if part is not None]
+        if len(present) < len(parts) or len({(part.group, part.steps.dtype) for part in present}) != 1:
+            return None
+        return Steps(np.concatenate([part.units for part in present]), np.concatenate([p.steps for p in present]))
+
+
+@dataclass(frozen=True)
 class BlockWeight:
     """A weight of `rows` outputs × `cols` inputs: `scales · codes + mins`, blocks of `block_size` along a row."""
 
@@ -29,10 +60,20 @@ class BlockWeight:
     codes: np.ndarray  # uint8 [rows, cols]
     scales: np.ndarray  # float32 [rows, cols / block_size]
     mins: np.ndarray  # float32 [rows, cols / block_size]
+    scale_steps: Steps | None = None  # `scales` as integer steps (the K-quants), equal to them
+    min_steps: Steps | None = None  # `mins` likewise
 
     def take_rows(self, rows: np.ndarray | slice) -> BlockWeight:
         """The same weight with only the outputs `rows`, in that order."""
-        return BlockWeight(self.bits, self.block_size, self.codes[rows], self.scales[rows], self.mins[rows])
+        return BlockWeight(
+            self.bits,
+            self.block_size,
+            self.codes[rows],
+            self.scales[rows],
+            self.mins[rows],
+            None if self.scale_steps is None else self.scale_steps.take_rows(rows),
+            None if self.min_steps is None else self.min_steps.take_rows(rows),
+        )
 
     def dequantize(self) -> np.ndarray:
         """float32 `[rows, cols]`."""
@@ -51,6 +92,8 @@ class BlockWeight:
             np.concatenate([part.codes for part in parts]),
             np.concatenate([part.scales for part in parts]),
             np.concatenate([part.mins for part in parts]),
+            Steps.stack([part.scale_steps for part in parts]),
+            Steps.stack([part.min_steps for part in parts]),
         )
 
 
@@ -75,12 +118,15 @@ def gguf_to_blocks(data: np.ndarray, qtype: GGMLQuantizationType, rows: int, col
     scales, mins = _scales_mins(blocks, qtype)
     shift = _SIGNED_SHIFT.get(qtype, 0)
     codes = dequantize(_unit_headers(blocks, qtype).reshape(-1), qtype)
+    scale_steps, min_steps = _steps(blocks, qtype, rows)
     return BlockWeight(
         bits=bits,
         block_size=block,
         codes=np.rint(codes + shift).astype(np.uint8).reshape(rows, cols),
         scales=scales.reshape(rows, cols // block),
         mins=(mins - shift * scales).astype(np.float32).reshape(rows, cols // block),
+        scale_steps=scale_steps,
+        min_steps=min_steps if shift == 0 else None,  # Q6_K's mins are −32 · scales, which offsets express
     )
 
 
@@ -97,6 +143,20 @@ def _scales_mins(blocks: np.ndarray, qtype: GGMLQuantizationType) -> tuple[np.nd
         return d, _field(blocks, 2)[:, None]
     sc, mins = Q4_K.get_scale_min(blocks[:, 4:16])  # Q4_K and Q5_K: d, dmin, 6-bit sub-block scales and mins
     return d * sc.astype(np.float32), -_field(blocks, 2)[:, None] * mins.astype(np.float32)
+
+
+def _steps(blocks: np.ndarray, qtype: GGMLQuantizationType, rows: int) -> tuple[Steps | None, Steps | None]:
+    """The K-quants' sub-block scales and mins as integer steps of their super-block's fp16 `d` and `dmin`."""
+    if qtype == Q.Q6_K:
+        units = _field(blocks, type_size(qtype) - 2).reshape(rows, -1)
+        return Steps(units, blocks[:, -18:-2].view(np.int8).reshape(rows, -1)), None
+    if qtype not in (Q.Q4_K, Q.Q5_K):
+        return None, None
+    sc, mins = Q4_K.get_scale_min(blocks[:, 4:16])
+    return (
+        Steps(_field(blocks, 0).reshape(rows, -1), sc.astype(np.uint8).reshape(rows, -1)),
+        Steps(-_field(blocks, 2).reshape(rows, -1), mins.astype(np.uint8).reshape(rows, -1)),
+    )
 
 
 def _unit_headers(blocks: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:

@@ -10,8 +10,9 @@ MatMulNBits' floating-point zero points could hold the mins, but onnxruntime's C
 whole weight on every call (measured 10× slower; refused at 8 bits). Codes wider than 4 bits run as two 4-bit halves
 (`16 · high + low`) over the input twice, unless the package computes with int8 activations (accuracy level 4):
 onnxruntime's 8-bit kernel has no fp32 path of its own, its fallback measured ~100× slower. Scales and mins are
-stored as fp16 where that is exact (every GGUF block header is fp16) and widened by Casts that onnxruntime folds into
-constants when the session opens, so the file holds no more than the source's blocks.
+stored as fp16 where that is exact (every GGUF block header is fp16), and the K-quants' as their integer steps and
+fp16 units, widened by Casts (and multiplied) where onnxruntime folds them into constants when the session opens, so
+the file holds about what the source's blocks do.
 
 A tied token embedding reads the LM head's codes through the builder's GatherBlockQuantized, offsets gathered too.
 """
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from phiexport.errors import BuildError, UsageError
-from phiexport.quantize.gguf_blocks import BlockWeight
+from phiexport.quantize.gguf_blocks import BlockWeight, Steps
 from phiexport.quantize.onnx_weights import builder_sources, pack_nibbles, save_with_external_data
 from phiexport.recipe import QuantizationConfig
 from phiexport.source.checkpoint import Checkpoint
@@ -269,7 +270,7 @@ class _Rewrite:
         rows, width = weight.codes.shape
         block = weight.block_size
         halves = weight.bits > 4 and self.accuracy_level != INT8_ACTIVATIONS
-        scales = self._float(f"{name}/scales", weight.scales)
+        scales = self._float(f"{name}/scales", weight.scales, weight.scale_steps)
         if halves:
             # 5- to 7-bit codes: the high half is lifted by 8, so that MatMulNBits' midpoint takes back only that
             # and the offsets stay small (less cancellation in fp32)
@@ -331,13 +332,16 @@ class _Rewrite:
         if np.array_equal(weight.mins, np.float32(ratio) * weight.scales):
             factor = self._constant(f"{name}/offset_ratio", np.array(ratio + midpoint, np.float32))
             return self._node("Mul", [scales, factor], f"{name}/offsets", f"{name}/Offsets")
-        mins = self._float(f"{name}/mins", weight.mins)
+        mins = self._float(f"{name}/mins", weight.mins, weight.min_steps)
         mid = self._constant(f"{name}/midpoint", np.array(float(midpoint), np.float32))
         spread = self._node("Mul", [scales, mid], f"{name}/midpoint_scales", f"{name}/MidpointScales")
         return self._node("Add", [mins, spread], f"{name}/offsets", f"{name}/Offsets")
 
-    def _float(self, name: str, values: np.ndarray) -> str:
-        """A float32 tensor of `values`, stored as fp16 and cast back when that loses nothing."""
+    def _float(self, name: str, values: np.ndarray, steps: Steps | None = None) -> str:
+        """A float32 tensor of `values`, stored as its integer `steps` of fp16 units, or as fp16, and widened
+        back, where that loses nothing."""
+        if steps is not None and np.array_equal(steps.values(), values):
+            return self._stepped(name, steps)
         half = values.astype(np.float16)
         if np.array_equal(half.astype(np.float32), values):
             from onnx import TensorProto
@@ -345,6 +349,20 @@ class _Rewrite:
             stored = self._initializer(f"{name}_fp16", half)
             return self._node("Cast", [stored], name, f"{name}/Cast", to=TensorProto.FLOAT)
         return self._initializer(name, values.astype(np.float32))
+
+    def _stepped(self, name: str, steps: Steps) -> str:
+        """`units · steps` `[rows, blocks]`: each fp16 unit times its group's integer steps, in fp32."""
+        from onnx import TensorProto
+
+        stored = self._initializer(f"{name}_steps", steps.steps)
+        wide = self._node("Cast", [stored], f"{name}/steps", f"{name}/CastSteps", to=TensorProto.FLOAT)
+        grouped_shape = self._constant(f"{name}/grouped_shape", np.array([0, -1, steps.group]))
+        grouped = self._node("Reshape", [wide, grouped_shape], f"{name}/grouped", f"{name}/ReshapeSteps")
+        units = self._initializer(f"{name}_units_fp16", steps.units.astype(np.float16)[..., None])
+        wide_units = self._node("Cast", [units], f"{name}/units", f"{name}/CastUnits", to=TensorProto.FLOAT)
+        product = self._node("Mul", [grouped, wide_units], f"{name}/products", f"{name}/MulUnits")
+        flat_shape = self._constant(f"{name}/flat_shape", np.array([0, -1]))
+        return self._node("Reshape", [product, flat_shape], name, f"{name}/Reshape")
 
     def _constant(self, name: str, values: np.ndarray) -> str:
         return self._initializer(name, values.astype(np.int64) if values.dtype.kind == "i" else values)
