@@ -27,11 +27,12 @@ import numpy as np
 
 from phiexport.errors import BuildError, UsageError
 from phiexport.quantize.gguf_blocks import BlockWeight, Steps
-from phiexport.quantize.onnx_weights import builder_sources, pack_nibbles, save_with_external_data
+from phiexport.quantize.onnx_weights import builder_sources, pack_bits, pack_nibbles, save_with_external_data
 from phiexport.recipe import QuantizationConfig
 from phiexport.source.checkpoint import Checkpoint
 
 INT8_ACTIVATIONS = 4  # MatMulNBits accuracy level that quantizes activations to int8
+COMPACT_BITS = (5, 6)  # code widths stored at their own width (Q5_0, Q5_1, Q5_K, Q6_K)
 LM_HEAD = "lm_head"
 EMBEDDING = "model.embed_tokens"
 
@@ -284,8 +285,11 @@ class _Rewrite:
         else:
             codes, bits, scales_in, x_in = weight.codes, (4 if weight.bits <= 4 else 8), scales, x
             midpoint = 1 << (bits - 1)
-        packed = (codes if bits == 8 else pack_nibbles(codes)).reshape(rows, -1, block * bits // 8)
-        codes_name = self._initializer(f"{name}/codes", packed)
+        if weight.bits in COMPACT_BITS:
+            codes_name = self._compact_codes(f"{name}/codes", weight, halves=halves)
+        else:
+            packed = (codes if bits == 8 else pack_nibbles(codes)).reshape(rows, -1, block * bits // 8)
+            codes_name = self._initializer(f"{name}/codes", packed)
         inputs = [x_in, codes_name, scales_in]
         zero_points = _integer_zero_points(weight)
         offsets = None
@@ -321,6 +325,58 @@ class _Rewrite:
             self._node("Add", [product, added], output, f"{name}/AddOffsets")
         zero_name = inputs[3] if len(inputs) > 3 else None
         return _Written(codes_name, scales_in, zero_name, offsets, bits, block, halves, width)
+
+    def _compact_codes(self, name: str, weight: BlockWeight, *, halves: bool) -> str:
+        """MatMulNBits' B for 5- and 6-bit codes (in halves, `[high + 8 | low]` packed as nibbles; else one code a
+        byte), stored at the codes' own width: low nibbles two a byte, the 1 or 2 high bits 8 or 4 a byte. Bit
+        operations that onnxruntime folds when the session opens put them back together; the file holds 5.0 or
+        6.0 bits a code where 8-bit MatMulNBits codes or two nibbles take 8."""
+        rows, width = weight.codes.shape
+        low = self._initializer(f"{name}_low", pack_nibbles(weight.codes & 0x0F))
+        high_bits = weight.bits - 4
+        high_packed = self._initializer(f"{name}_high", pack_bits(weight.codes >> 4, high_bits))
+        high = self._unpacked(high_packed, high_bits, width)
+        if halves:
+            lift = self._initializer(f"{name}/lift", np.array(8, np.uint8))
+            lifted = self._node("BitwiseOr", [high, lift], f"{name}/high_lifted", f"{name}/Lift")
+            joined = self._node(
+                "Concat", [self._nibbles(lifted, width), low], f"{name}/halves", f"{name}/Halves", axis=1
+            )
+            block_bytes = weight.block_size // 2
+        else:
+            low_codes = self._unpacked(low, 4, width)
+            four = self._initializer(f"{name}/four", np.array(4, np.uint8))
+            lifted = self._node("BitShift", [high, four], f"{name}/high_shifted", f"{name}/ShiftHigh", direction="LEFT")
+            joined = self._node("BitwiseOr", [low_codes, lifted], f"{name}/joined", f"{name}/Join")
+            block_bytes = weight.block_size
+        shape = self._constant(f"{name}/blocks_shape", np.array([rows, -1, block_bytes]))
+        return self._node("Reshape", [joined, shape], name, f"{name}/Reshape")
+
+    def _unpacked(self, packed: str, bits: int, width: int) -> str:
+        """uint8 `[rows, width]` of the `bits`-wide values packed along the rows of `packed`, the first in the lowest
+        bits."""
+        shape = self._constant(f"{packed}/unpack_shape", np.array([0, -1, 1]))
+        grouped = self._node("Reshape", [packed, shape], f"{packed}/grouped", f"{packed}/Group")
+        shifts = self._initializer(f"{packed}/shifts", np.arange(0, 8, bits, dtype=np.uint8))
+        shifted = self._node("BitShift", [grouped, shifts], f"{packed}/shifted", f"{packed}/Shift", direction="RIGHT")
+        mask = self._initializer(f"{packed}/mask", np.array((1 << bits) - 1, np.uint8))
+        values = self._node("BitwiseAnd", [shifted, mask], f"{packed}/values", f"{packed}/Mask")
+        flat = self._constant(f"{packed}/flat_shape", np.array([0, width]))
+        return self._node("Reshape", [values, flat], f"{packed}/unpacked", f"{packed}/Flatten")
+
+    def _nibbles(self, values: str, width: int) -> str:
+        """`[rows, width / 2]` bytes of the 4-bit `values` `[rows, width]` two a byte, the first in the low nibble."""
+        pairs_shape = self._constant(f"{values}/pairs_shape", np.array([0, -1, 2]))
+        pairs = self._node("Reshape", [values, pairs_shape], f"{values}/pairs", f"{values}/Pairs")
+        zero, one, two = (self._constant(f"{values}/at_{v}", np.array([v])) for v in (0, 1, 2))
+        axis = two  # the pair's axis
+        first = self._node("Slice", [pairs, zero, one, axis], f"{values}/first", f"{values}/First")
+        second = self._node("Slice", [pairs, one, two, axis], f"{values}/second", f"{values}/Second")
+        four = self._initializer(f"{values}/four", np.array(4, np.uint8))
+        up = self._node("BitShift", [second, four], f"{values}/second_up", f"{values}/ShiftSecond", direction="LEFT")
+        both = self._node("BitwiseOr", [first, up], f"{values}/bytes", f"{values}/Bytes")
+        flat = self._constant(f"{values}/bytes_shape", np.array([0, width // 2]))
+        return self._node("Reshape", [both, flat], f"{values}/packed", f"{values}/Flatten")
 
     def _offsets(self, weight: BlockWeight, scales: str, midpoint: int, name: str) -> str | None:
         """float32 `[N, blocks]` `mins + midpoint · scales`: what the blocks add beyond MatMulNBits' dequantization;

@@ -197,6 +197,14 @@ def pack_nibbles(codes: np.ndarray) -> np.ndarray:
     return (codes[:, 0::2] & 0x0F) | ((codes[:, 1::2] & 0x0F) << 4)
 
 
+def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """`bits`-wide values (1, 2 or 4) packed along rows, 8 / bits a byte, the first in the lowest bits."""
+    per_byte = 8 // bits
+    grouped = values.reshape(values.shape[0], -1, per_byte).astype(np.uint8)
+    shifts = np.arange(0, 8, bits, dtype=np.uint8)
+    return np.bitwise_or.reduce(grouped << shifts, axis=2).astype(np.uint8)
+
+
 def _unpack_nibbles(packed: np.ndarray) -> np.ndarray:
     return np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(packed.shape[0], -1)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize
@@ -93,20 +94,42 @@ def test_fused_node_of_mixed_layouts_runs_each_part_and_concatenates(tmp_path):
     assert ops.count("MatMulNBits") == 3 and "Concat" in ops
 
 
+@pytest.mark.parametrize("accuracy_level", [1, 4], ids=["fp32", "int8-activations"])
 @pytest.mark.parametrize(
     ("qtype", "bits_per_weight", "stored_bits"),
-    [(Q.Q4_1, 5.0, 5.0), (Q.Q4_0, 4.5, 4.5), (Q.Q8_0, 8.5, 8.5), (Q.Q4_K, 4.5, 4.625)],
+    [
+        (Q.Q4_1, 5.0, 5.0),
+        (Q.Q4_0, 4.5, 4.5),
+        (Q.Q8_0, 8.5, 8.5),
+        (Q.Q4_K, 4.5, 4.625),
+        (Q.Q5_0, 5.5, 5.5),
+        (Q.Q5_1, 6.0, 6.0),
+        (Q.Q5_K, 5.5, 5.625),
+        (Q.Q6_K, 6.5625, 6.5625),
+    ],
+    ids=lambda value: getattr(value, "name", None),
 )
-def test_file_holds_no_more_than_the_gguf_blocks(qtype, bits_per_weight, stored_bits, tmp_path):
+def test_file_holds_no_more_than_the_gguf_blocks(qtype, bits_per_weight, stored_bits, accuracy_level, tmp_path):
     """fp16 block headers stay fp16 in the file (a Cast widens them when the session opens); a K-quant's 6-bit
-    sub-block scales and mins take a byte each (`stored_bits`), not the four of their fp32 products."""
+    sub-block scales and mins take a byte each (`stored_bits`), not the four of their fp32 products; 5- and 6-bit
+    codes take 5 and 6 bits, not the 8 of two nibbles or an 8-bit code."""
     data = random_blocks(qtype, ROWS, np.random.default_rng(9))
     assert data.size * 8 / (ROWS * COLS) == bits_per_weight
     path = builder_graph(tmp_path / "model.onnx", {DOWN: ROWS})
-    import_weights(path, {"model.layers.0.mlp.down_proj": gguf_to_blocks(data, qtype, ROWS, COLS)}, accuracy_level=1)
+    weight = gguf_to_blocks(data, qtype, ROWS, COLS)
+    import_weights(path, {"model.layers.0.mlp.down_proj": weight}, accuracy_level=accuracy_level)
     graph = onnx.load(str(path)).graph
     stored = sum(numpy_helper.to_array(tensor).nbytes for tensor in graph.initializer if len(tensor.dims) >= 2)
     assert stored * 8 / (ROWS * COLS) <= stored_bits
+    options = ort.SessionOptions()  # what the session computes from them: constants, folded when it opens
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "opened.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    opened = onnx.load(str(tmp_path / "opened.onnx")).graph
+    constants = {tensor.name for tensor in opened.initializer}
+    matmuls = [node for node in opened.node if node.op_type == "MatMulNBits"]
+    assert matmuls and all(set(node.input[1:3]) <= constants for node in matmuls)  # codes and scales, as the file's
+    assert not {node.op_type for node in opened.node} & {"BitShift", "BitwiseAnd", "BitwiseOr"}
 
 
 def test_nodes_without_a_source_weight_keep_the_builders_integers(tmp_path):
