@@ -10,15 +10,34 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 COLS = 512  # inputs of every linear: two K-quant super-blocks per row
+UNTIED_TABLE = "model.embed_tokens.weight_Q4"  # onnxruntime's quantizer's name for an untied embedding's table
 DOWN = "/model/layers.0/mlp/down_proj/MatMul_Q4"  # a builder node name: one HF linear
 QKV = "/model/layers.0/attn/qkv_proj/MatMul_Q4"  # the builder's fused q, k, v
 
 
-def builder_graph(path: Path, linears: dict[str, int], vocab: int | None = None) -> Path:
+def builder_graph(path: Path, linears: dict[str, int], vocab: int | None = None, untied: int | None = None) -> Path:
     """A graph shaped like the genai builder's: MatMulNBits nodes (placeholder int4 weights) named like its
     linears, each from input `x` [1, T, COLS] to an output named after it; with `vocab`, an LM head and the tied
-    embedding the builder gathers from the LM head's weight."""
+    embedding the builder gathers from the LM head's weight; with `untied`, an embedding of that many rows with its
+    own int4 table, as onnxruntime's quantizer writes an untied one."""
     nodes, initializers, outputs = [], [], []
+    if untied is not None:
+        table = helper.make_tensor(UNTIED_TABLE, TensorProto.INT4, [untied, COLS], bytes(untied * COLS // 2), True)
+        scales = numpy_helper.from_array(np.ones((untied, COLS // 32), np.float32), "model.embed_tokens.weight_scales")
+        initializers += [table, scales]
+        nodes.append(
+            helper.make_node(
+                "GatherBlockQuantized",
+                [UNTIED_TABLE, "input_ids", scales.name],
+                ["embedding"],
+                "/model/embed_tokens/Gather_Q4",
+                domain="com.microsoft",
+                block_size=32,
+                gather_axis=0,
+                quantize_axis=1,
+            )
+        )
+        outputs.append(helper.make_tensor_value_info("embedding", TensorProto.FLOAT, None))
     if vocab is not None:
         linears = {**linears, "/lm_head/MatMul_Q4": vocab}
     for name, rows in linears.items():
@@ -49,7 +68,7 @@ def builder_graph(path: Path, linears: dict[str, int], vocab: int | None = None)
         nodes += [shape, reshape, gather]
         outputs.append(helper.make_tensor_value_info("embedding", TensorProto.FLOAT, None))
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, COLS])]
-    if vocab is not None:
+    if vocab is not None or untied is not None:
         inputs.append(helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, None]))
     graph = helper.make_graph(nodes, "builder", inputs, outputs, initializers)
     opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]

@@ -16,7 +16,15 @@ from phiexport.errors import BuildError
 from phiexport.source import Checkpoint
 
 BUILDER_OPTIONS = frozenset(
-    {"algo_config", "block_size", "is_symmetric", "accuracy_level", "hf_remote", "shared_embeddings"}
+    {
+        "algo_config",
+        "block_size",
+        "is_symmetric",
+        "accuracy_level",
+        "hf_remote",
+        "shared_embeddings",
+        "op_types_to_quantize",
+    }
 )
 
 

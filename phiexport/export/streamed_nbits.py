@@ -2,7 +2,8 @@
 
 The onnxruntime-genai builder's `to_nbits` turns the whole graph into one protobuf with every weight in fp32 and
 then quantizes it: 22.7 GiB peak RSS on a Phi-4-mini-shaped checkpoint (BENCHMARKS.md). Here each MatMul becomes
-the same MatMulNBits node with the same initializer names and bytes (onnxruntime's own block quantizer), but the
+the same MatMulNBits node (and an untied embedding's Gather the same GatherBlockQuantized) with the same initializer
+names and bytes (onnxruntime's own block quantizers), but the
 quantized weights are lazy tensors, computed in column chunks from the checkpoint's tensor when `ir.save` writes
 them and dropped right after. Weights stay memory-mapped: transformers maps the safetensors files, the copies the
 builder makes (Phi-3's fused qkv re-packed) are spilled to a scratch file and mapped, and each chunk's pages are
@@ -21,7 +22,7 @@ from typing import Any
 
 from phiexport.source.mapped import drop_mapped_pages, file_backed
 
-COLUMNS_PER_CHUNK = 8192  # output columns quantized at once: 100 MB of fp32 for a 3072-wide weight
+COLUMNS_PER_CHUNK = 8192  # output columns (or table rows) quantized at once: 100 MB of fp32 at width 3072
 SPILL_BYTES = 1 << 20  # in-memory tensors at least this large are moved to a mapped scratch file
 
 
@@ -54,7 +55,8 @@ def streamed_weight_quantization(scratch: Path) -> Iterator[None]:
 
 
 def _streamable(builder: Any) -> bool:
-    """The builder's default quantizer in its plain form: MatMul weights only (a tied embedding reads them)."""
+    """The builder's default quantizer in its plain form: MatMul weights, and an untied embedding's Gather when it
+    is int4 symmetric (a tied embedding reads the LM head's weights)."""
     quant = builder.quant_attrs
     return (
         getattr(builder, "quantization_algo", "default") == "default"
@@ -62,8 +64,14 @@ def _streamable(builder: Any) -> bool:
         and not quant["use_qdq"]
         and not getattr(builder, "int4_customized_weight_config", None)
         and not getattr(builder, "exact_quant_overrides", None)
-        and not _quantizable_gathers(builder)
+        and (_gathers_in_int4(builder) or not _quantizable_gathers(builder))
     )
+
+
+def _gathers_in_int4(builder: Any) -> bool:
+    """Whether onnxruntime's quantizer turns the constant Gathers into symmetric int4 GatherBlockQuantized (at 8 bits
+    the builder leaves them in float)."""
+    return int(builder.quant_attrs["bits"]) == 4 and bool(builder.quant_attrs["is_symmetric"])
 
 
 def _quantizable_gathers(builder: Any) -> list[Any]:
@@ -96,7 +104,11 @@ def _lazy_to_nbits(builder: Any) -> Any:
     sources = vars(builder).get("_phiexport_sources", {})
     graph = builder.model.graph
     excluded = set(quant["nodes_to_exclude"])
-    for node in list(graph):
+    gathers = {id(node) for node in _quantizable_gathers(builder)} if _gathers_in_int4(builder) else set()
+    for node in list(graph):  # in graph order, as onnxruntime's quantizer adds the initializers
+        if id(node) in gathers:
+            _lazy_gather(builder, node, block_size, sources)
+            continue
         weight = node.inputs[1] if node.op_type == "MatMul" and len(node.inputs) > 1 else None
         if node.name in excluded or weight is None or weight.const_value is None or len(weight.shape) != 2:
             continue
@@ -127,6 +139,40 @@ def _lazy_to_nbits(builder: Any) -> Any:
             graph.register_initializer(value)
     builder.model.opset_imports.setdefault("com.microsoft", 1)
     return builder.model
+
+
+def _lazy_gather(builder: Any, node: Any, block_size: int, sources: dict[str, Any]) -> None:
+    """The Gather of a constant table (an untied token embedding) as onnxruntime's quantizer writes it: symmetric int4
+    GatherBlockQuantized in blocks along each row, the table quantized a chunk of rows at a time when written."""
+    import onnx_ir as ir
+
+    table = node.inputs[0]
+    rows, cols = (int(d) for d in table.shape)
+    lazy = _LazyGatherTable(sources.get(table.name, table.const_value), table.dtype, block_size, rows, cols)
+    inputs = []
+    for name, func, dtype, shape in (
+        (f"{table.name}_Q4", lazy.packed, ir.DataType.INT4, [rows, cols]),
+        (f"{table.name}_scales", lazy.scales, table.dtype, [rows, -(-cols // block_size)]),
+    ):
+        value = builder.make_value(name, dtype, shape)
+        value.const_value = ir.LazyTensor(func, dtype=dtype, shape=ir.Shape(shape), name=name)
+        inputs.append(value)
+    axis = node.attributes.get("axis")
+    attributes = {"gather_axis": 0 if axis is None else axis.as_int(), "quantize_axis": 1, "block_size": block_size}
+    replacement = ir.node(
+        "GatherBlockQuantized",
+        [inputs[0], node.inputs[1], inputs[1]],
+        attributes,
+        domain="com.microsoft",
+        name=f"{node.name}_Q4",
+    )
+    ir.convenience.replace_nodes_and_values(
+        builder.model.graph, node, [node], [replacement], list(node.outputs), list(replacement.outputs)
+    )
+    builder.model.graph.initializers.pop(table.name)
+    table.const_value = None
+    for value in inputs:
+        builder.model.graph.register_initializer(value)
 
 
 class _LazyQuantized:
@@ -178,6 +224,52 @@ class _LazyQuantized:
             chunk = source[:, start:stop].astype(self._dtype.numpy())
         packed, scales, zero_points = self._kernel.qbits_block_quant(np.ascontiguousarray(chunk))
         return {"packed": packed, "scales": scales, "zero_points": zero_points}
+
+
+class _LazyGatherTable:
+    """A token table's int4 codes and scales, computed a chunk of rows at a time with onnxruntime's own numpy block
+    quantizer (the one its Gather quantization calls) on the first request, forgotten once both are handed out."""
+
+    def __init__(self, source: Any, dtype: Any, block_size: int, rows: int, cols: int):
+        self._source, self._dtype, self._block_size, self._shape = source, dtype, block_size, (rows, cols)
+        self._parts: dict[str, Any] = {}
+        self._pending = {"packed", "scales"}
+
+    def packed(self) -> Any:
+        import onnx_ir as ir
+
+        return ir.PackedTensor(self._take("packed"), ir.DataType.INT4, shape=ir.Shape(self._shape))
+
+    def scales(self) -> Any:
+        import onnx_ir as ir
+
+        return ir.Tensor(self._take("scales"))
+
+    def _take(self, part: str) -> Any:
+        import numpy as np
+        import torch
+        from onnx_ir.tensor_adapters import to_torch_dtype
+        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantizer
+
+        if not self._parts:
+            packed, scales = [], []
+            for start in range(0, self._shape[0], COLUMNS_PER_CHUNK):
+                if isinstance(self._source, torch.Tensor):
+                    view = self._source[start : start + COLUMNS_PER_CHUNK]
+                    chunk = view.to(to_torch_dtype(self._dtype)).numpy()
+                    drop_mapped_pages(view)
+                else:
+                    chunk = self._source.numpy()[start : start + COLUMNS_PER_CHUNK]
+                codes, chunk_scales, _ = DefaultWeightOnlyQuantizer.quantize_ndarray(chunk, 1, self._block_size, True)
+                packed.append(codes.reshape(-1))
+                scales.append(chunk_scales)
+            self._parts = {"packed": np.concatenate(packed), "scales": np.concatenate(scales)}
+            self._source = None
+        array = self._parts[part]
+        self._pending.discard(part)
+        if not self._pending:
+            self._parts = {}
+        return array
 
 
 def _spilled(tensor: Any, scratch: Path) -> Any:

@@ -14,7 +14,8 @@ stored as fp16 where that is exact (every GGUF block header is fp16), and the K-
 fp16 units, widened by Casts (and multiplied) where onnxruntime folds them into constants when the session opens, so
 the file holds about what the source's blocks do.
 
-A tied token embedding reads the LM head's codes through the builder's GatherBlockQuantized, offsets gathered too.
+A tied token embedding reads the LM head's codes through the builder's GatherBlockQuantized, offsets gathered too;
+an untied one gathers its own blocks the same way.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ INT8_ACTIVATIONS = 4  # MatMulNBits accuracy level that quantizes activations to
 COMPACT_BITS = (5, 6)  # code widths stored at their own width (Q5_0, Q5_1, Q5_K, Q6_K)
 LM_HEAD = "lm_head"
 EMBEDDING = "model.embed_tokens"
+UNTIED_TABLE = f"{EMBEDDING}.weight_Q4"  # the builder's int4 table of an untied token embedding
+FLOAT_TABLE = f"{EMBEDDING}.weight"  # the builder's float one (int8 packages, DirectML)
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,9 @@ class SourceIntegers:
             "" if self.complete else f"; the rest {rest}"
         )
 
-    def report(self, imported: set[str], accuracy_level: int) -> dict[str, Any]:
-        """The manifest's account: source tensors imported (by format), those re-quantized or kept in float."""
+    def report(self, imported: set[str], accuracy_level: int, *, float_embedding: bool) -> dict[str, Any]:
+        """The manifest's account: source tensors imported (by format), those re-quantized or kept in float
+        (`float_embedding`: the package gathers an untied embedding from the builder's float table)."""
         counts: dict[str, int] = {}
         requantized, kept_float = {}, []
         for name, kind in sorted(self.formats.items()):
@@ -68,7 +72,7 @@ class SourceIntegers:
                 continue  # the embedding's tensor
             if name in imported or (name == EMBEDDING and self.tied and LM_HEAD in imported):
                 counts[kind] = counts.get(kind, 0) + 1
-            elif name == EMBEDDING and not self.tied:
+            elif name == EMBEDDING and float_embedding:
                 kept_float.append(name)  # the builder's float table holds the dequantized values exactly
             else:
                 requantized[name] = kind
@@ -180,10 +184,17 @@ def import_weights(model_path: Path, weights: dict[str, BlockWeight], *, accurac
         if node.name.startswith("/lm_head/"):
             head = written
     for index, node in enumerate(graph.node):
-        if node.op_type == "GatherBlockQuantized" and head is not None and _reads_lm_head(node, producer, graph):
+        if node.op_type != "GatherBlockQuantized":
+            continue
+        if head is not None and _reads_lm_head(node, producer, graph):
             rewrite = _Rewrite(accuracy_level)
             rewrite.embedding(node, head)
             rewrites[index] = rewrite
+        elif EMBEDDING in weights and node.input[0] == UNTIED_TABLE:
+            rewrite = _Rewrite(accuracy_level)
+            rewrite.embedding(node, rewrite.table(weights[EMBEDDING], f"{node.name}/table"))
+            rewrites[index] = rewrite
+            imported.add(EMBEDDING)
     if not rewrites:
         return imported
     nodes = []
@@ -266,6 +277,20 @@ class _Rewrite:
                 "MatMul", [offsets, self._constant(f"{name}/expand", expand)], f"{name}/row_offsets", f"{name}/Spread"
             )
             self._node("Add", [gathered, spread], out, f"{name}/AddOffsets")
+
+    def table(self, weight: BlockWeight, name: str) -> _Written:
+        """An untied token embedding's own blocks, for `embedding` to gather: codes at 4 bits or, wider, at 8 (a
+        gather reads each row once, so never in halves)."""
+        rows, width = weight.codes.shape
+        bits = 4 if weight.bits <= 4 else 8
+        scales = self._float(f"{name}/scales", weight.scales, weight.scale_steps)
+        if weight.bits in COMPACT_BITS:
+            codes = self._compact_codes(f"{name}/codes", weight, halves=False)
+        else:
+            values = weight.codes if bits == 8 else pack_nibbles(weight.codes)
+            codes = self._initializer(f"{name}/codes", values.reshape(rows, -1, weight.block_size * bits // 8))
+        offsets = self._offsets(weight, scales, 1 << (bits - 1), name)
+        return _Written(codes, scales, None, offsets, bits, weight.block_size, False, width)
 
     def _matmul(self, x: str, weight: BlockWeight, output: str, name: str) -> _Written:
         rows, width = weight.codes.shape

@@ -13,6 +13,9 @@ CPU = Target(
     # onnxruntime's own thread default (one per physical core) rather than onnxruntime-genai's (half the hardware
     # threads): SmolLM2 decodes 1.33-1.44x faster, first token 30-45 % sooner (BENCHMARKS.md, decode table)
     session_options=(("intra_op_num_threads", 0),),
+    # an untied token embedding in int4 blocks too, read by GatherBlockQuantized as the tied one is (the builder
+    # keeps it in fp32 otherwise: 2.05 GB of Phi-4's 11 GB package)
+    builder_options=(("op_types_to_quantize", "MatMul/Gather"),),
     imports_integers=True,
     builder="phiexport.targets.genai_package",
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from phiexport.export.genai_builder import export_with_builder, set_session_options, stage_checkpoint
-from phiexport.quantize.imported import SourceIntegers, describe_import, import_weights
+from phiexport.quantize.imported import FLOAT_TABLE, SourceIntegers, describe_import, import_weights
 from phiexport.quantize.onnx_weights import write_matmul_nbits
 from phiexport.quantize.weight_only import builder_options, check_weight_nodes
 from phiexport.recipe import Recipe
@@ -53,10 +53,12 @@ def build(job: BuildJob) -> BuiltPackage:
         set_session_options(package_dir, dict(target.session_options))
         if calibrated is not None:
             write_matmul_nbits(package_dir / "model.onnx", calibrated.weights)
-        weights = check_weight_nodes(_graph_nodes(package_dir / "model.onnx"), quant)
+        nodes = _graph_nodes(package_dir / "model.onnx")
+        weights = check_weight_nodes(nodes, quant)
         if integers is not None:
             imported = import_weights(package_dir / "model.onnx", integers.weights, accuracy_level=level)
-            summary = integers.report(imported, level)
+            float_table = any(node.op_type == "Gather" and node.input[0] == FLOAT_TABLE for node in nodes)
+            summary = integers.report(imported, level, float_embedding=float_table)
             weights = {
                 "precision": quant.precision,
                 "body": describe_import(summary),

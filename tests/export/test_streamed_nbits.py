@@ -8,16 +8,25 @@ from onnx import numpy_helper
 
 import phiexport.export.streamed_nbits as streamed
 from phiexport.export.genai_builder import export_with_builder
+from phiexport.recipe import load_recipe
+from phiexport.targets.cpu import CPU
+from tests.miniatures import make_recipe_miniature
 
 OPTIONS = {"block_size": "32", "is_symmetric": "true", "accuracy_level": "4"}
 
 
-def builder_alone(model_dir: Path, output: Path, execution_provider: str) -> None:
+@pytest.fixture(scope="module")
+def untied_miniature(tmp_path_factory):
+    """Phi-4's structure, whose token embedding is not the LM head."""
+    return make_recipe_miniature(load_recipe("phi-4"), tmp_path_factory.mktemp("mini-phi-4"))
+
+
+def builder_alone(model_dir: Path, output: Path, execution_provider: str, options: dict[str, str]) -> None:
     """The genai builder as it ships, quantizing the whole graph in memory."""
     from onnxruntime_genai.models.builder import create_model, parse_extra_options
 
     args = ("", os.fspath(model_dir), os.fspath(output), "int4", execution_provider, os.fspath(output) + "-cache")
-    create_model(*args, **parse_extra_options(*args, [f"{k}={v}" for k, v in sorted(OPTIONS.items())]))
+    create_model(*args, **parse_extra_options(*args, [f"{k}={v}" for k, v in sorted(options.items())]))
 
 
 def graph_and_weights(package: Path) -> tuple[list[tuple], dict[str, np.ndarray]]:
@@ -35,23 +44,30 @@ def graph_and_weights(package: Path) -> tuple[list[tuple], dict[str, np.ndarray]
     return nodes, {i.name: numpy_helper.to_array(i, base_dir=str(package)) for i in model.graph.initializer}
 
 
-@pytest.mark.parametrize(("architecture", "execution_provider"), [("phi3", "cpu"), ("phi3", "dml"), ("llama", "cpu")])
+@pytest.mark.parametrize(
+    ("architecture", "execution_provider"),
+    [("phi3", "cpu"), ("phi3", "dml"), ("llama", "cpu"), ("untied", "cpu")],
+)
 def test_streamed_quantization_writes_exactly_what_the_builder_writes(
-    architecture, execution_provider, miniature_dirs, tmp_path, monkeypatch
+    architecture, execution_provider, miniature_dirs, request, tmp_path, monkeypatch
 ):
     """Same nodes, same initializers, the same external data file byte for byte, and the streamed path was taken
-    (Phi-3's re-packed qkv copy spilled to a mapped file on the way)."""
+    (Phi-3's re-packed qkv copy spilled to a mapped file on the way; an untied embedding's table quantized too)."""
     calls = []
     lazy = streamed._lazy_to_nbits
     monkeypatch.setattr(streamed, "_lazy_to_nbits", lambda builder: calls.append(1) or lazy(builder))
     monkeypatch.setattr(streamed, "SPILL_BYTES", 1024)
-    builder_alone(miniature_dirs[architecture], tmp_path / "builder", execution_provider)
+    monkeypatch.setattr(streamed, "COLUMNS_PER_CHUNK", 96)  # several chunks of rows and columns
+    untied = architecture == "untied"
+    model_dir = request.getfixturevalue("untied_miniature") if untied else miniature_dirs[architecture]
+    options = {**OPTIONS, **(dict(CPU.builder_options) if execution_provider == "cpu" else {})}
+    builder_alone(model_dir, tmp_path / "builder", execution_provider, options)
     export_with_builder(
-        miniature_dirs[architecture],
+        model_dir,
         tmp_path / "streamed",
         precision="int4",
         execution_provider=execution_provider,
-        options=OPTIONS,
+        options=options,
         cache_dir=tmp_path / "cache",
         log_path=tmp_path / "build.log",
     )
@@ -65,3 +81,5 @@ def test_streamed_quantization_writes_exactly_what_the_builder_writes(
     data = (tmp_path / "streamed" / "model.onnx.data").read_bytes()
     assert data == (tmp_path / "builder" / "model.onnx.data").read_bytes()
     assert list((tmp_path / "cache" / "spill").iterdir()) == []  # spill files are unlinked once mapped
+    if untied:
+        assert [node[0] for node in nodes if "embed_tokens" in node[1]] == ["GatherBlockQuantized"]

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 from phiexport.quantize.gguf_blocks import LOSSLESS, gguf_to_blocks, type_size
 from phiexport.quantize.imported import import_weights
-from tests.builder_graph import COLS, DOWN, QKV, builder_graph, run
+from tests.builder_graph import COLS, DOWN, QKV, UNTIED_TABLE, builder_graph, run
 
 ROWS = 6
 FORMATS = sorted(LOSSLESS, key=lambda q: q.name)
@@ -74,6 +74,22 @@ def test_tied_embedding_gathers_the_imported_lm_head_rows(qtype, accuracy_level,
     assert np.abs(outputs["/lm_head/MatMul_Q4"][0].T - table).max() <= 1e-6 * scale
     names = {tensor.name for tensor in onnx.load(str(path), load_external_data=False).graph.initializer}
     assert "/lm_head/MatMul_Q4.B" not in names  # the builder's re-quantized table is gone, not carried along
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K], ids=lambda q: q.name)
+def test_untied_embedding_gathers_its_own_blocks(qtype, tmp_path):
+    """An untied token embedding replaces the int4 table the builder quantized with the GGUF's own blocks."""
+    vocab = 40
+    data = random_blocks(qtype, vocab, np.random.default_rng(5))
+    table = dequantize(data, qtype).reshape(vocab, COLS)
+    path = builder_graph(tmp_path / "model.onnx", {}, untied=vocab)
+    weights = {"model.embed_tokens": gguf_to_blocks(data, qtype, vocab, COLS)}
+    assert import_weights(path, weights, accuracy_level=1) == {"model.embed_tokens"}
+    ids = np.array([[0, 7, 39, 7, 1]], dtype=np.int64)
+    found = run(path, x=np.zeros((1, 1, COLS), np.float32), input_ids=ids)["embedding"][0]
+    assert np.abs(found - table[ids[0]]).max() <= 1e-6 * np.abs(table).max()
+    names = {tensor.name for tensor in onnx.load(str(path), load_external_data=False).graph.initializer}
+    assert UNTIED_TABLE not in names
 
 
 def test_fused_node_of_mixed_layouts_runs_each_part_and_concatenates(tmp_path):
