@@ -64,13 +64,13 @@ def _streamable(builder: Any) -> bool:
         and not quant["use_qdq"]
         and not getattr(builder, "int4_customized_weight_config", None)
         and not getattr(builder, "exact_quant_overrides", None)
-        and (_gathers_in_int4(builder) or not _quantizable_gathers(builder))
+        and (_gathers_in_int4(builder) or int(quant["bits"]) == 8 or not _quantizable_gathers(builder))
     )
 
 
 def _gathers_in_int4(builder: Any) -> bool:
     """Whether onnxruntime's quantizer turns the constant Gathers into symmetric int4 GatherBlockQuantized (at 8 bits
-    the builder leaves them in float)."""
+    it leaves them in float, as the streamed path does)."""
     return int(builder.quant_attrs["bits"]) == 4 and bool(builder.quant_attrs["is_symmetric"])
 
 
