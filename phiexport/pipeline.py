@@ -28,8 +28,8 @@ from phiexport.package.manifest import write_manifest
 from phiexport.package.publish import full_disk_named, rejected_path, staged_output
 from phiexport.package.signing import key_id, sign_package
 from phiexport.progress import StageProgress
-from phiexport.quantize.imported import source_integers
 from phiexport.quantize.prepare import prepare_checkpoint
+from phiexport.quantize.source_integers import source_integers
 from phiexport.quantize.weight_only import check_block_layout
 from phiexport.recipe import Recipe
 from phiexport.source import resolve_source

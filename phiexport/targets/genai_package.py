@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from phiexport.export.genai_builder import export_with_builder, set_session_options, stage_checkpoint
-from phiexport.quantize.imported import FLOAT_TABLE, SourceIntegers, describe_import, import_weights
+from phiexport.quantize.imported import FLOAT_TABLE, import_weights
 from phiexport.quantize.onnx_weights import write_matmul_nbits
+from phiexport.quantize.source_integers import SourceIntegers, describe_import
 from phiexport.quantize.weight_only import builder_options, check_weight_nodes
 from phiexport.recipe import Recipe
 from phiexport.source.checkpoint import Checkpoint

@@ -21,7 +21,7 @@ from phiexport.targets.target import Target
 
 if TYPE_CHECKING:
     from phiexport.quantize.calibrated import CalibratedWeights
-    from phiexport.quantize.imported import SourceIntegers
+    from phiexport.quantize.source_integers import SourceIntegers
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ def test_the_export_line_names_the_imported_formats(smollm2_gguf, smollm2_checkp
     read here from the file's tensor types, not GPTQ or RTN."""
     from gguf import GGUFReader
 
-    from phiexport.quantize.imported import source_integers
+    from phiexport.quantize.source_integers import source_integers
     from phiexport.recipe import QuantizationConfig
 
     kinds = {tensor.tensor_type.name for tensor in GGUFReader(smollm2_gguf).tensors if len(tensor.shape) == 2}

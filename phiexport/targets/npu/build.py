@@ -30,7 +30,7 @@ from phiexport.targets.target import Target
 if TYPE_CHECKING:
     from phiexport.progress import StageProgress
     from phiexport.quantize.calibrated import CalibratedWeights
-    from phiexport.quantize.imported import SourceIntegers
+    from phiexport.quantize.source_integers import SourceIntegers
 
 
 def check(recipe: Recipe, checkpoint: Checkpoint) -> None:
