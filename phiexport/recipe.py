@@ -62,8 +62,9 @@ class QuantizationConfig(_Strict):
         None,
         ge=0,
         le=4,
-        description="MatMulNBits compute type: 0 default, 1 fp32 … 4 int8 activations. Unset: 4, and 1 for integers "
-        "imported from a GGUF/GPTQ/AWQ source, which then compute exactly what the source does",
+        description="MatMulNBits compute type: 0 default, 1 fp32 … 4 int8 activations. Unset: 4 (a GGUF's imported "
+        "integers too: llama.cpp's own arithmetic), and 1 for integers imported from a GPTQ/AWQ source, which then "
+        "compute exactly what the source does",
     )
     requantize: bool = Field(
         False, description="GGUF/GPTQ/AWQ source: quantize its dequantized weights again, not import its integers"
@@ -94,11 +95,14 @@ class QuantizationConfig(_Strict):
         float precisions keep their weights whatever the method."""
         return self.is_integer and (self.method in CALIBRATED_METHODS or self.mixed == "auto")
 
-    def compute_level(self, *, imported: bool = False) -> int:
-        """The MatMulNBits accuracy level of re-quantized (or, with `imported`, imported) weights."""
+    def compute_level(self, *, imported_from: str | None = None) -> int:
+        """The MatMulNBits accuracy level of re-quantized weights, or of integers imported from a source of that
+        label. A GGUF's compute with int8 activations, as llama.cpp does (KL to its fp32 dequantization at or below
+        llama.cpp's own, BENCHMARKS.md); GPTQ's and AWQ's in fp32, as their runtimes do (`--accuracy-level 1` makes
+        a GGUF's exact too)."""
         if self.accuracy_level is not None:
             return self.accuracy_level
-        return 1 if imported else 4
+        return 1 if imported_from in ("GPTQ", "AWQ") else 4
 
     @property
     def is_integer(self) -> bool:

@@ -32,16 +32,16 @@ def test_package_is_complete_and_every_file_is_in_the_manifest(smollm2_build, sm
     assert manifest["source"]["kind"] == "gguf"
     assert manifest["source"]["files"][smollm2_gguf.name]["sha256"] == sha256(smollm2_gguf)
     assert manifest["recipe"]["name"] == "smollm2-135m-instruct"
-    # the GGUF's own integers, nothing re-quantized; fp32 compute (accuracy level 1) so the package is the GGUF model
+    # the GGUF's own integers, nothing re-quantized; int8 activations (accuracy level 4), as llama.cpp computes
     assert manifest["weights"] == {
         "precision": "int4",
-        "body": "the GGUF's own integers (Q4_1 × 210, Q8_0 × 1), fp32 compute",
+        "body": "the GGUF's own integers (Q4_1 × 210, Q8_0 × 1), int8-activation compute",
         "imported": {
             "source": "GGUF",
             "imported": {"Q4_1": 210, "Q8_0": 1},
             "requantized": {},
             "kept_float": [],
-            "accuracy_level": 1,
+            "accuracy_level": 4,
         },
     }
     import onnxruntime
@@ -68,18 +68,19 @@ def test_the_graph_names_the_builder_wheel_not_the_enclosing_repository(smollm2_
 
 
 def test_report_measures_the_package_against_the_reference(smollm2_build, smollm2_gguf):
-    """The imported package against the dequantized GGUF: measured KL 8.6e-11 (max 1.7e-9), top-1 100 %, 102.8 MB
-    for the 98.4 MB GGUF (1.045 ×). The KL bounds sit 10 × above: fp32 rounding that moves with the CPU's kernels,
-    where any integer or scale error is ≥ 1e-3."""
+    """The imported package against the dequantized GGUF, with int8 activations as llama.cpp multiplies them:
+    measured KL 0.0025 (p99 0.019), top-1 98.2 %, perplexity ratio 1.005, 104.9 MB for the 98.4 MB GGUF (1.066 ×).
+    llama.cpp's own KL on the same kind of text is 0.0029 (BENCHMARKS.md); an integer or scale error gives ≥ 1e-1
+    (the scrambled-scales test below). The bounds sit 2 × above what was measured."""
     package, summary = smollm2_build
     report = json.loads((package / "report.json").read_text())
     metrics = report["metrics"]
     assert report["schema"] == "phiexport.report/1"
     assert report["data"]["sequences"] == 32 and metrics["tokens"] > 3000
     assert 3.0 < metrics["ppl_reference"] < 6.0  # SmolLM2 on GSM8K answers, dequantized fp32
-    assert metrics["kl_mean"] <= 1e-9 and metrics["kl_max"] <= 2e-8
-    assert metrics["top1_agreement"] >= 0.999
-    assert abs(metrics["ppl_ratio"] - 1) < 1e-5
+    assert 1e-4 < metrics["kl_mean"] <= 0.005 and metrics["kl_p99"] <= 0.04
+    assert metrics["top1_agreement"] >= 0.96
+    assert abs(metrics["ppl_ratio"] - 1) < 0.02
     assert sum(path.stat().st_size for path in package.iterdir()) <= 1.07 * smollm2_gguf.stat().st_size
     assert len(report["greedy"]["prompts"]) == 3
     assert report["gates"] == {
@@ -169,5 +170,5 @@ def test_eval_rejects_a_sabotaged_package_with_exit_4_beside_the_good_one(smollm
     assert [label for label, row in rows.items() if not row["gates"]["passed"]] == ["cpu-int4 (scrambled-scales)"]
     assert rows["cpu-int4 (scrambled-scales)"]["metrics"]["kl_mean"] > 3.0
     good = rows["cpu-int4 (smollm2-135m-instruct)"]
-    assert good["metrics"]["kl_mean"] < 1e-9 and good["metrics"]["tokens"] > 300
+    assert good["metrics"]["kl_mean"] < 0.01 and good["metrics"]["tokens"] > 300  # int8 activations: 0.0025
     assert good["task"]["problems"] == 2

@@ -56,8 +56,8 @@ def test_quickstart_executes_and_shows_real_results(tmp_path: Path, monkeypatch:
     report = json.loads((workdir / "report" / "report.json").read_text())
     (package,) = report["packages"]
     kl_mean = package["metrics"]["kl_mean"]
-    # the GGUF's own integers in fp32: float rounding only (measured 8.8e-11), where any integer error is ≥ 1e-3
-    assert 0 < kl_mean < 1e-9
+    # the GGUF's own integers with int8 activations, as llama.cpp computes (0.0025 on the build's 32 problems)
+    assert 1e-4 < kl_mean < 0.01
 
     images = [out for out in tagged(notebook, "plots").outputs if "image/png" in out.get("data", {})]
     assert len(images) == len(report["files"]["plots"]) == 2

@@ -73,7 +73,10 @@ def build(
     ] = None,
     accuracy_level: Annotated[
         int | None,
-        typer.Option(help="MatMulNBits compute: 0-4 (4 = int8 activations) [4; 1 for imported integers]."),
+        typer.Option(
+            help="MatMulNBits compute: 0-4 (4 = int8 activations; 1 = fp32, a GGUF's exact) [4; 1 for GPTQ/AWQ "
+            "integers]."
+        ),
     ] = None,
     requantize: Annotated[
         bool,

@@ -1,18 +1,28 @@
-"""Carry a pre-quantized checkpoint's integers into the genai builder's CPU graph exactly.
+"""Carry a pre-quantized checkpoint's integers into the genai builder's CPU graph.
 
 Each decoder linear and the LM head the builder wrote as MatMulNBits is rewritten to compute the source's
-`scales · codes + mins` (quantize/gguf_blocks.py: BlockWeight):
+`scales · codes + mins` (quantize/gguf_blocks.py: BlockWeight). In fp32 (accuracy level 1), exactly:
 
     y = MatMulNBits(x; codes, scales)               scales · (codes − midpoint), onnxruntime's own kernels
       + BlockSum(x) @ (mins + midpoint · scales)ᵀ   the blocks' offsets, only where some are non-zero
 
 MatMulNBits' floating-point zero points could hold the mins, but onnxruntime's CPU kernel then dequantizes the
-whole weight on every call (measured 10× slower; refused at 8 bits). Codes wider than 4 bits run as two 4-bit halves
-(`16 · high + low`) over the input twice, unless the package computes with int8 activations (accuracy level 4):
-onnxruntime's 8-bit kernel has no fp32 path of its own, its fallback measured ~100× slower. Scales and mins are
-stored as fp16 where that is exact (every GGUF block header is fp16), and the K-quants' as their integer steps and
-fp16 units, widened by Casts (and multiplied) where onnxruntime folds them into constants when the session opens, so
-the file holds about what the source's blocks do.
+whole weight on every call (measured 10× slower; refused at 8 bits). Codes wider than 4 bits run as two 4-bit
+halves (`16 · high + low`) over the input twice: onnxruntime's 8-bit kernel has no fp32 path of its own, its
+fallback measured ~100× slower.
+
+With int8 activations (accuracy level 4, llama.cpp's own arithmetic) the offsets path's four nodes a linear cost
+more than its matmul (benchmarks/decode_profile.py), so a decoder linear carries its mins inside one MatMulNBits:
+integer zero points take the nearest whole number of steps, and the remainder (at most half a step) rides on extra
+input blocks holding the input's block sums, whose weights are the remainder in base-2^bits digits to 8 bits, the
+precision the int8 activations have anyway:
+
+    y = MatMulNBits([x | BlockSum(x) | BlockSum(x)]; [codes | digits], [scales | units], zero points)
+
+The block sums are computed once per input and shared by the linears that read it (q/k/v, gate and up); codes wider
+than 4 bits run as 8-bit codes. Scales and mins are stored as fp16 where that is exact (every GGUF block header is
+fp16), and the K-quants' as their integer steps and fp16 units, widened by Casts (and multiplied) where onnxruntime
+folds them into constants when the session opens, so the file holds about what the source's blocks do.
 
 A tied token embedding reads the LM head's codes through the builder's GatherBlockQuantized, offsets gathered too;
 an untied one gathers its own blocks the same way.
@@ -31,6 +41,7 @@ from phiexport.quantize.gguf_blocks import BlockWeight, Steps
 from phiexport.quantize.onnx_weights import builder_sources, pack_bits, pack_nibbles, save_with_external_data
 from phiexport.quantize.source_integers import EMBEDDING, INT8_ACTIVATIONS, LM_HEAD
 
+REMAINDER_BITS = 8  # precision of the mins' remainder beyond the zero points, in digits of the codes' width
 COMPACT_BITS = (5, 6)  # code widths stored at their own width (Q5_0, Q5_1, Q5_K, Q6_K)
 UNTIED_TABLE = f"{EMBEDDING}.weight_Q4"  # the builder's int4 table of an untied token embedding
 FLOAT_TABLE = f"{EMBEDDING}.weight"  # the builder's float one (int8 packages, DirectML)
@@ -47,6 +58,7 @@ def import_weights(model_path: Path, weights: dict[str, BlockWeight], *, accurac
     rows = {name: weight.codes.shape[0] for name, weight in weights.items()}
     producer = {output: node for node in graph.node for output in node.output}
     rewrites: dict[int, _Rewrite] = {}
+    block_sums: dict[str, str] = {}  # input → the input with its block sums appended, shared by its readers
     head: _Written | None = None
     imported: set[str] = set()
     for index, node in enumerate(graph.node):
@@ -61,11 +73,12 @@ def import_weights(model_path: Path, weights: dict[str, BlockWeight], *, accurac
         parts = [weights[name].take_rows(part) for name, part in sources]
         if sum(part.codes.shape[0] for part in parts) != attrs["N"] or parts[0].codes.shape[1] != attrs["K"]:
             raise BuildError(f"{node.name}: the source weights do not have the builder's shape", "report a bug")
-        rewrite = _Rewrite(accuracy_level)
+        is_head = node.name.startswith("/lm_head/")  # the tied embedding gathers its codes: no extra blocks
+        rewrite = _Rewrite(accuracy_level, None if is_head else block_sums, finer_input_blocks=is_head)
         written = rewrite.linear(node.input[0], parts, node.output[0], node.name)
         rewrites[index] = rewrite
         imported.update(name for name, _ in sources)
-        if node.name.startswith("/lm_head/"):
+        if is_head:
             head = written
     for index, node in enumerate(graph.node):
         if node.op_type != "GatherBlockQuantized":
@@ -114,6 +127,8 @@ class _Rewrite:
     """The nodes and initializers replacing one node of the builder's graph."""
 
     accuracy_level: int
+    block_sums: dict[str, str] | None = None  # set where the mins may ride on extra input blocks (see module doc)
+    finer_input_blocks: bool = False  # int8 activations: quantize the input in half blocks (see _matmul)
     nodes: list[Any] = field(default_factory=list)
     initializers: list[Any] = field(default_factory=list)
 
@@ -194,13 +209,21 @@ class _Rewrite:
         else:
             codes, bits, scales_in, x_in = weight.codes, (4 if weight.bits <= 4 else 8), scales, x
             midpoint = 1 << (bits - 1)
+        zero_points = _integer_zero_points(weight)
+        carried = self.block_sums is not None and self.accuracy_level == INT8_ACTIVATIONS
+        if carried and zero_points is None and np.any(weight.mins + midpoint * weight.scales):
+            return self._remainder_blocks(x, weight, codes, bits, scales, output, name)
+        if self._halve_blocks(weight, block, midpoint, zero_points):
+            # the LM head's input quantized to int8 in blocks of 16, not 32, each with its own scale: the logits
+            # come straight out of it (KL 0.00279 → 0.00260 on SmolLM2, decode speed unchanged; BENCHMARKS.md);
+            # the same scale twice is the same weight, and the file keeps one of each pair
+            block //= 2
+            scales_in = self._repeated(scales, 2, name)
         if weight.bits in COMPACT_BITS:
             codes_name = self._compact_codes(f"{name}/codes", weight, halves=halves)
         else:
-            packed = (codes if bits == 8 else pack_nibbles(codes)).reshape(rows, -1, block * bits // 8)
-            codes_name = self._initializer(f"{name}/codes", packed)
+            codes_name = self._initializer(f"{name}/codes", self._blocks(codes, bits, block))
         inputs = [x_in, codes_name, scales_in]
-        zero_points = _integer_zero_points(weight)
         offsets = None
         if zero_points is None:
             offsets = self._offsets(weight, scales, midpoint, name)
@@ -234,6 +257,107 @@ class _Rewrite:
             self._node("Add", [product, added], output, f"{name}/AddOffsets")
         zero_name = inputs[3] if len(inputs) > 3 else None
         return _Written(codes_name, scales_in, zero_name, offsets, bits, block, halves, width)
+
+    def _remainder_blocks(
+        self, x: str, weight: BlockWeight, codes: np.ndarray, bits: int, scales: str, output: str, name: str
+    ) -> _Written:
+        """One MatMulNBits for blocks with mins (see the module doc): zero points, then the remainder as digits
+        over copies of the input's block sums. Exact to 2⁻⁸ of each row's largest remainder, itself at most half a
+        step: far inside the int8 activations' own rounding (benchmarks/decode_peers.py measures the KL)."""
+        rows, width = codes.shape
+        block, levels = weight.block_size, 1 << bits
+        stepped = weight.scales != 0  # a block of zero scale adds its min whatever its zero point: any will do
+        steps = np.rint(-weight.mins[stepped] / weight.scales[stepped])
+        zeros = np.full(weight.scales.shape, np.median(steps) if steps.size else levels // 2)
+        zeros[stepped] = steps
+        zeros = np.clip(zeros, 0, levels - 1).astype(np.uint8)
+        remainder = weight.mins.astype(np.float64) + zeros * weight.scales.astype(np.float64)
+        count = -(-REMAINDER_BITS // bits) if remainder.any() else 0  # mins on whole steps: zero points alone
+        digits, units = _digits(remainder, bits, count)
+        blocks = width // block
+        slots = -(-blocks // block) * block  # each copy of the sums, padded to whole blocks
+        extra = len(digits) * slots // block
+        if weight.bits in COMPACT_BITS:
+            codes_name = self._compact_codes(f"{name}/codes", weight, halves=False)
+        else:
+            codes_name = self._initializer(f"{name}/codes", self._blocks(codes, bits, block))
+        scales_in, x_in = scales, x
+        if digits:
+            digit_codes = np.full((rows, len(digits), slots), levels // 2, np.uint8)
+            digit_codes[:, :, :blocks] = np.stack(digits, axis=1) + levels // 2
+            digit_blocks = self._blocks(digit_codes.reshape(rows, -1), bits, block)
+            digits_name = self._initializer(f"{name}/remainder_digits", digit_blocks)
+            codes_name = self._node(
+                "Concat", [codes_name, digits_name], f"{name}/all_codes", f"{name}/ConcatDigits", axis=1
+            )
+            unit_scales = np.repeat(units[:, None] * float(levels) ** np.arange(len(digits)), slots // block, axis=1)
+            units_name = self._initializer(f"{name}/remainder_units", unit_scales.astype(np.float32))
+            scales_in = self._node("Concat", [scales, units_name], f"{name}/all_scales", f"{name}/ConcatUnits", axis=1)
+            x_in = self._with_block_sums(x, width, block, len(digits), slots)
+        all_zeros = np.concatenate([zeros, np.full((rows, extra), levels // 2, np.uint8)], axis=1)
+        if bits == 4 and all_zeros.shape[1] % 2:
+            all_zeros = np.pad(all_zeros, ((0, 0), (0, 1)), constant_values=levels // 2)
+        zeros_name = self._zero_points(f"{name}/zero_points", all_zeros if bits == 8 else pack_nibbles(all_zeros))
+        self._node(
+            "MatMulNBits",
+            [x_in, codes_name, scales_in, zeros_name],
+            output,
+            name,
+            domain="com.microsoft",
+            K=width + extra * block,
+            N=rows,
+            bits=bits,
+            block_size=block,
+            accuracy_level=self.accuracy_level,
+        )
+        return _Written(codes_name, scales_in, zeros_name, None, bits, block, False, width)
+
+    def _halve_blocks(self, weight: BlockWeight, block: int, midpoint: int, zero_points: np.ndarray | None) -> bool:
+        """True for a symmetric 4- or 8-bit LM head at int8 activations whose blocks halve to MatMulNBits' least."""
+        if not self.finer_input_blocks or self.accuracy_level != INT8_ACTIVATIONS or weight.bits not in (4, 8):
+            return False
+        return block >= 32 and zero_points is None and not np.any(weight.mins + midpoint * weight.scales)
+
+    def _repeated(self, values: str, times: int, name: str) -> str:
+        """`[rows, blocks · times]`: each column of `values` `[rows, blocks]` `times` over, by nodes that onnxruntime
+        folds when the session opens."""
+        axis = self._constant(f"{name}/repeat_axis", np.array([-1]))
+        column = self._node("Unsqueeze", [values, axis], f"{name}/scales_column", f"{name}/UnsqueezeScales")
+        ones = self._constant(f"{name}/repeat_shape", np.array([1, 1, times]))
+        wide = self._node("Expand", [column, ones], f"{name}/scales_repeated", f"{name}/RepeatScales")
+        flat = self._constant(f"{name}/repeat_flat", np.array([0, -1]))
+        return self._node("Reshape", [wide, flat], f"{name}/halved_scales", f"{name}/ReshapeScales")
+
+    def _zero_points(self, name: str, packed: np.ndarray) -> str:
+        """MatMulNBits' packed zero points; one byte widened by an Expand that onnxruntime folds when the session
+        opens where every block has the same (symmetric formats: Q5_0, Q6_K)."""
+        if np.all(packed == packed.flat[0]):
+            value = self._initializer(f"{name}_value", packed.flat[:1])
+            shape = self._constant(f"{name}_shape", np.array(packed.shape))
+            return self._node("Expand", [value, shape], name, f"{name}/Expand")
+        return self._initializer(name, packed)
+
+    @staticmethod
+    def _blocks(codes: np.ndarray, bits: int, block: int) -> np.ndarray:
+        """MatMulNBits' B layout `[rows, blocks, block · bits / 8]` of `codes` `[rows, K]` (4 or 8 bits)."""
+        return (codes if bits == 8 else pack_nibbles(codes)).reshape(codes.shape[0], -1, block * bits // 8)
+
+    def _with_block_sums(self, x: str, width: int, block: int, copies: int, slots: int) -> str:
+        """`[x | sums | sums …]`: x with `copies` of its block sums, each padded to `slots`; made once per input."""
+        assert self.block_sums is not None  # only called where the caller gave it
+        if x in self.block_sums:
+            return self.block_sums[x]
+        blocks = width // block
+        shape = self._constant(f"{x}/block_shape", np.array([0, 0, blocks, block]))
+        grouped = self._node("Reshape", [x, shape], f"{x}/blocks", f"{x}/ReshapeBlocks")
+        axis = self._constant(f"{x}/block_axis", np.array([-1]))
+        sums = self._node("ReduceSum", [grouped, axis], f"{x}/block_sums", f"{x}/BlockSums", keepdims=0)
+        if slots > blocks:
+            pads = self._constant(f"{x}/sums_pads", np.array([0, 0, 0, 0, 0, slots - blocks]))
+            sums = self._node("Pad", [sums, pads], f"{x}/padded_sums", f"{x}/PadSums")
+        joined = self._node("Concat", [x] + [sums] * copies, f"{x}/with_sums", f"{x}/AppendSums", axis=-1)
+        self.block_sums[x] = joined
+        return joined
 
     def _compact_codes(self, name: str, weight: BlockWeight, *, halves: bool) -> str:
         """MatMulNBits' B for 5- and 6-bit codes (in halves, `[high + 8 | low]` packed as nibbles; else one code a
@@ -343,6 +467,25 @@ class _Rewrite:
 
         self.nodes.append(helper.make_node(op, inputs, [output], name=name, domain=domain, **attrs))
         return output
+
+
+def _digits(values: np.ndarray, bits: int, count: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """`values` `[rows, blocks]` as `count` balanced base-2^bits digits (each in [−2^(bits−1), 2^(bits−1))) of a
+    unit per row: `values ≈ units · Σ_j digits[j] · 2^(bits·j)`, to half a unit."""
+    if count == 0:
+        return [], np.ones(values.shape[0])
+    half, base = 1 << (bits - 1), 1 << bits
+    top = (half - 1) * (base**count - 1) // (base - 1)  # the largest magnitude the digits reach, in units
+    units = np.abs(values).max(axis=1) / top
+    units[units == 0] = 1.0
+    rest = np.rint(values / units[:, None]).astype(np.int64)
+    digits = []
+    for _ in range(count):
+        digit = (rest + half) % base - half
+        digits.append(digit)
+        rest = (rest - digit) // base
+    assert not rest.any()
+    return digits, units
 
 
 def _integer_zero_points(weight: BlockWeight) -> np.ndarray | None:

@@ -32,10 +32,10 @@ class SourceIntegers:
         return all(name in self.weights for name in self.formats if name != EMBEDDING)
 
     def describe(self, accuracy_level: int, rest: str) -> str:
-        """The export stage's line, e.g. `the GGUF's own integers (Q4_1, Q8_0), fp32 compute`; `rest` names how the
-        linears without integers are quantized, when there are any."""
+        """The export stage's line, e.g. `the GGUF's own integers (Q4_1, Q8_0), int8-activation compute`; `rest`
+        names how the linears without integers are quantized, when there are any."""
         kinds = ", ".join(sorted({self.formats[name] for name in self.weights if name in self.formats}))
-        return f"the {self.label}'s own integers ({kinds}), {_compute(accuracy_level)} compute" + (
+        return f"the {self.label}'s own integers ({kinds}), {_compute(accuracy_level)}" + (
             "" if self.complete else f"; the rest {rest}"
         )
 
@@ -119,11 +119,11 @@ def _checkpoint_integers(directory: Path, tied: bool) -> SourceIntegers:
 
 
 def describe_import(report: dict[str, Any]) -> str:
-    """One line for the model card, e.g. `the GGUF's own integers (Q4_1 × 210, Q8_0 × 1), fp32 compute`."""
+    """One line for the model card, e.g. `the GGUF's own integers (Q4_1 × 210, Q8_0 × 1), int8-activation compute`."""
     formats = ", ".join(f"{kind} × {count}" for kind, count in sorted(report["imported"].items()))
     rest = f"; {len(report['requantized'])} tensors re-quantized" if report["requantized"] else ""
-    return f"the {report['source']}'s own integers ({formats}), {_compute(report['accuracy_level'])} compute{rest}"
+    return f"the {report['source']}'s own integers ({formats}), {_compute(report['accuracy_level'])}{rest}"
 
 
 def _compute(accuracy_level: int) -> str:
-    return "int8-activation" if accuracy_level == INT8_ACTIVATIONS else "fp32"
+    return "int8-activation compute" if accuracy_level == INT8_ACTIVATIONS else "fp32 compute (exact)"

@@ -39,7 +39,7 @@ def build(job: BuildJob) -> BuiltPackage:
         options["hf_remote"] = "true"
     report: dict[str, Any] = {}
     integers = job.integers if target.imports_integers else None
-    level = quant.compute_level(imported=True)
+    level = quant.compute_level(imported_from=integers.label if integers is not None else None)
     detail = quant.describe() if integers is None else integers.describe(level, quant.describe())
     with job.progress.stage(f"export {target.name}", detail):
         export_with_builder(

@@ -97,7 +97,9 @@ def test_sensitivity_is_the_kl_of_the_whole_model_with_one_unit_rounded(phi4_set
             ).sum(dim=-1)
             for r, o in zip(reference, outputs, strict=True)
         ]
-        assert measured[unit] == pytest.approx(float(torch.cat(per_token).mean()), rel=1e-4)
+        # fp32 logits of two batchings differ by ~1e-6, which moves a KL of ~2e-4 by ~1e-4 of itself (1.3e-4 measured
+        # on an AVX-512 machine); another unit or grid moves it by far more than 1e-3
+        assert measured[unit] == pytest.approx(float(torch.cat(per_token).mean()), rel=1e-3)
     assert all(value > 0 for value in measured.values())
 
 

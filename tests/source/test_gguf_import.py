@@ -61,7 +61,9 @@ def test_the_export_line_names_the_imported_formats(smollm2_gguf, smollm2_checkp
     assert kinds == {"Q4_1", "Q8_0"}
     integers = source_integers(smollm2_checkpoint, QuantizationConfig(method="gptq"))
     assert integers is not None and integers.complete
-    assert integers.describe(1, "unused") == "the GGUF's own integers (Q4_1, Q8_0), fp32 compute"
+    assert integers.describe(1, "unused") == "the GGUF's own integers (Q4_1, Q8_0), fp32 compute (exact)"
     assert integers.describe(4, "unused") == "the GGUF's own integers (Q4_1, Q8_0), int8-activation compute"
     integers.weights.pop("lm_head")  # a linear without integers is re-quantized as the recipe says
-    assert integers.describe(1, "int4 rtn block 32 sym").endswith("fp32 compute; the rest int4 rtn block 32 sym")
+    assert integers.describe(1, "int4 rtn block 32 sym").endswith(
+        "fp32 compute (exact); the rest int4 rtn block 32 sym"
+    )
