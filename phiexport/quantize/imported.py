@@ -277,19 +277,22 @@ class _Rewrite:
         blocks = width // block
         slots = -(-blocks // block) * block  # each copy of the sums, padded to whole blocks
         extra = len(digits) * slots // block
-        if weight.bits in COMPACT_BITS:
+        digit_codes = np.full((rows, len(digits), slots), levels // 2, np.uint8)
+        if digits:
+            digit_codes[:, :, :blocks] = np.stack(digits, axis=1) + levels // 2
+        digit_codes = digit_codes.reshape(rows, -1)
+        if weight.bits in COMPACT_BITS:  # put together when the session opens
             codes_name = self._compact_codes(f"{name}/codes", weight, halves=False)
-        else:
-            codes_name = self._initializer(f"{name}/codes", self._blocks(codes, bits, block))
+            if digits:
+                digits_name = self._initializer(f"{name}/remainder_digits", self._blocks(digit_codes, bits, block))
+                codes_name = self._node(
+                    "Concat", [codes_name, digits_name], f"{name}/all_codes", f"{name}/ConcatDigits", axis=1
+                )
+        else:  # one tensor in the file, which onnxruntime prepacks as it is
+            all_codes = np.concatenate([codes, digit_codes], axis=1)
+            codes_name = self._initializer(f"{name}/codes", self._blocks(all_codes, bits, block))
         scales_in, x_in = scales, x
         if digits:
-            digit_codes = np.full((rows, len(digits), slots), levels // 2, np.uint8)
-            digit_codes[:, :, :blocks] = np.stack(digits, axis=1) + levels // 2
-            digit_blocks = self._blocks(digit_codes.reshape(rows, -1), bits, block)
-            digits_name = self._initializer(f"{name}/remainder_digits", digit_blocks)
-            codes_name = self._node(
-                "Concat", [codes_name, digits_name], f"{name}/all_codes", f"{name}/ConcatDigits", axis=1
-            )
             unit_scales = np.repeat(units[:, None] * float(levels) ** np.arange(len(digits)), slots // block, axis=1)
             units_name = self._initializer(f"{name}/remainder_units", unit_scales.astype(np.float32))
             scales_in = self._node("Concat", [scales, units_name], f"{name}/all_scales", f"{name}/ConcatUnits", axis=1)
