@@ -1,6 +1,6 @@
 """Package ÷ GGUF size of a K-quant import: a Q4_K_M GGUF of the Llama 3.2 3B recipe miniature (hidden 768, MLP
 2048, so every row is whole 256-weight super-blocks), made with llama.cpp's own converter and quantizer, imported by
-`phiexport build --target cpu` (the default: the GGUF's own integers).
+`phiexport build --target cpu`, by default (the GGUF's own integers, int8 activations) and exact (`--accuracy-level 1`).
 
     .venv/bin/python benchmarks/kquant_import_size.py /tmp/kq --llama-cpp /path/to/llama.cpp --llama-venv /path/to/venv
 
@@ -95,25 +95,25 @@ def main() -> None:
     args = parser.parse_args()
     args.scratch.mkdir(parents=True, exist_ok=True)
     gguf = make_gguf(args.scratch, args.llama_cpp, args.llama_venv, args.kind)
-    package = args.scratch / "package"
-    subprocess.run(
-        [sys.executable, "-m", "phiexport", "build", str(gguf), "-t", "cpu", "-o", str(package), "--force", "--json"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        env=os.environ,
-    )
-    source, written = gguf_bytes(gguf), package_bytes(package / "cpu")
+    builds = {"default (int8 activations)": (), "exact (--accuracy-level 1)": ("--accuracy-level", "1")}
+    written = {}
+    for label, flags in builds.items():
+        package = args.scratch / ("_".join(flag.strip("-") for flag in flags) or "default")
+        command = [sys.executable, "-m", "phiexport", "build", str(gguf), "-t", "cpu", *flags, "-o", str(package)]
+        subprocess.run([*command, "--force", "--json"], check=True, stdout=subprocess.DEVNULL, env=os.environ)
+        written[label] = package_bytes(package / "cpu")
+        written[label]["model.onnx + data"] = sum(p.stat().st_size for p in (package / "cpu").glob("model.onnx*"))
+    source = gguf_bytes(gguf)
     tensors = sum(source.values())
-    whole = sum(p.stat().st_size for p in (package / "cpu").glob("model.onnx*"))
     print(
         f"GGUF {gguf.name}: {gguf.stat().st_size / 1e6:.2f} MB, tensors {tensors / 1e6:.2f} MB "
         f"({', '.join(f'{k} {v / 1e6:.2f}' for k, v in sorted(source.items()))})"
     )
-    print("| package part | MB | ÷ GGUF tensors |")
-    print("|---|---:|---:|")
-    for kind, size in sorted(written.items()):
-        print(f"| {kind} | {size / 1e6:.2f} | {size / tensors:.3f} |")
-    print(f"| model.onnx + data | {whole / 1e6:.2f} | {whole / tensors:.3f} |")
+    print("| package part | " + " | ".join(f"{label}: MB | ÷ GGUF tensors" for label in builds) + " |")
+    print("|---|" + "---:|---:|" * len(builds))
+    for kind in ["weights", "rotary tables", "norms", "model.onnx + data"]:
+        cells = [f"{sizes[kind] / 1e6:.2f} | {sizes[kind] / tensors:.3f}" for sizes in written.values()]
+        print(f"| {kind} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
