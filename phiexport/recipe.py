@@ -147,6 +147,9 @@ class CalibrationConfig(_Strict):
     sequences: int = Field(64, ge=1, le=1024, description="Conversations drawn from calibration/")
     max_tokens: int = Field(512, ge=16, le=8192, description="Each conversation is cut to this many tokens")
     seed: int = Field(0, ge=0, description="Seed of the draw (same seed, same package)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where calibration runs: auto = a CUDA GPU when torch sees one, else the CPU"
+    )
 
 
 class GatesConfig(_Strict):

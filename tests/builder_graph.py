@@ -15,11 +15,14 @@ DOWN = "/model/layers.0/mlp/down_proj/MatMul_Q4"  # a builder node name: one HF 
 QKV = "/model/layers.0/attn/qkv_proj/MatMul_Q4"  # the builder's fused q, k, v
 
 
-def builder_graph(path: Path, linears: dict[str, int], vocab: int | None = None, untied: int | None = None) -> Path:
+def builder_graph(
+    path: Path, linears: dict[str, int], vocab: int | None = None, untied: int | None = None, pruned: bool = False
+) -> Path:
     """A graph shaped like the genai builder's: MatMulNBits nodes (placeholder int4 weights) named like its
     linears, each from input `x` [1, T, COLS] to an output named after it; with `vocab`, an LM head and the tied
     embedding the builder gathers from the LM head's weight; with `untied`, an embedding of that many rows with its
-    own int4 table, as onnxruntime's quantizer writes an untied one."""
+    own int4 table, as onnxruntime's quantizer writes an untied one; `pruned`: the LM head reads the last position
+    only, through the builder's `prune_lm_head` Gather and Unsqueeze."""
     nodes, initializers, outputs = [], [], []
     if untied is not None:
         table = helper.make_tensor(UNTIED_TABLE, TensorProto.INT4, [untied, COLS], bytes(untied * COLS // 2), True)
@@ -47,7 +50,14 @@ def builder_graph(path: Path, linears: dict[str, int], vocab: int | None = None,
             numpy_helper.from_array(np.ones((rows, COLS // 32), np.float32), scales),
         ]
         attrs = {"K": COLS, "N": rows, "bits": 4, "block_size": 32, "accuracy_level": 4}
-        nodes.append(helper.make_node("MatMulNBits", ["x", packed, scales], [name], name, "", "com.microsoft", **attrs))
+        x = "x"
+        if pruned and name.startswith("/lm_head/"):
+            initializers.append(numpy_helper.from_array(np.array(-1, np.int64), "last"))
+            initializers.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
+            nodes.append(helper.make_node("Gather", ["x", "last"], ["x_last"], "/lm_head/prune/Gather", axis=1))
+            nodes.append(helper.make_node("Unsqueeze", ["x_last", "axis1"], ["x_pruned"], "/lm_head/prune/Unsqueeze"))
+            x = "x_pruned"
+        nodes.append(helper.make_node("MatMulNBits", [x, packed, scales], [name], name, "", "com.microsoft", **attrs))
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     if vocab is not None:
         shape = helper.make_node(

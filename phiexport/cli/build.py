@@ -67,6 +67,10 @@ def build(
     calibration_sequences: Annotated[
         int | None, typer.Option(help="GSM8K train conversations that calibrated methods see.")
     ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="Where GPTQ/AWQ calibration runs: auto (a CUDA GPU if torch sees one), cpu or cuda."),
+    ] = None,
     block_size: Annotated[int | None, typer.Option(help="Quantization block: 16, 32, 64, 128 or 256.")] = None,
     symmetric: Annotated[
         bool | None, typer.Option("--symmetric/--asymmetric", help="Weights without or with zero points.")
@@ -114,6 +118,7 @@ def build(
     Packages that fail the recipe's accuracy gates are withheld in OUTPUT.rejected/ and the exit code is 4."""
     with reported_errors(as_json, debug):
         from phiexport.errors import UsageError
+        from phiexport.quantize.device import check_device
         from phiexport.recipe import load_recipe, recipe_for_source
 
         if key is not None and not sign:
@@ -150,6 +155,7 @@ def build(
                 "--mixed": ("quantization.mixed", mixed),
                 "--mixed-bits": ("quantization.mixed_bits", mixed_bits),
                 "--calibration-sequences": ("calibration.sequences", calibration_sequences),
+                "--device": ("calibration.device", device),
                 "--eval-sequences": ("evaluation.sequences", eval_sequences),
                 "--max-kl": ("gates.max_kl", max_kl),
                 "--min-top1": ("gates.min_top1", min_top1),
@@ -170,6 +176,7 @@ def build(
             overrides["source"]["revision"] = None  # a recipe's Hub revision does not apply to another source
         resolved = base.with_overrides(overrides, flags)
         destination = output or Path("packages") / resolved.name
+        check_device(resolved.calibration.device)  # a GPU asked for and missing fails now, not after the export
 
         from phiexport.pipeline import build as run_build
         from phiexport.progress import StageProgress

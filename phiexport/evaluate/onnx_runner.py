@@ -35,7 +35,12 @@ class PackageRunner:
             options = ort.SessionOptions()
             options.log_severity_level = 3
             options.enable_cpu_mem_arena = False  # an arena keeps each run's largest buffers: 0.2 GiB at Phi-4-mini
-            self._session = ort.InferenceSession(str(self._decoder_file), options, providers=["CPUExecutionProvider"])
+            model: str | bytes = str(self._decoder_file)
+            if (every_position := every_position_logits(self._decoder_file)) is not None:
+                model = every_position
+                folder = str(self._decoder_file.parent)  # where the graph's external data lies
+                options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+            self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         return self._session
 
     def logits(self, token_ids: list[int]) -> np.ndarray:
@@ -74,3 +79,29 @@ class PackageRunner:
             generator.generate_next_token()
             generated.append(int(generator.get_next_tokens()[0]))
         return generated
+
+
+PRUNED_HEAD = "/lm_head/prune/"  # the builder's Gather + Unsqueeze of the last position before the LM head
+
+
+def every_position_logits(model_path: Path) -> bytes | None:
+    """The graph of a package whose LM head sees only the last position (the builder's `prune_lm_head`: the prompt's
+    logits are never computed), with the LM head reading every position again, serialized without its external
+    data; None for a graph that already returns every position's. The weights and every other node are the
+    package's: teacher-forced scoring reads the logits the package computes for its last position, at every one."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    graph = model.graph
+    pruned = [node for node in graph.node if node.name.startswith(PRUNED_HEAD)]
+    if not pruned:
+        return None
+    gather = next(node for node in pruned if node.op_type == "Gather")
+    last = next(node for node in pruned if node.op_type == "Unsqueeze").output[0]
+    for node in graph.node:
+        node.input[:] = [gather.input[0] if name == last else name for name in node.input]
+    for node in pruned:
+        graph.node.remove(node)
+    logits = next(output for output in graph.output if output.name == "logits")
+    logits.type.tensor_type.shape.dim[1].dim_param = "sequence_length"
+    return model.SerializeToString()

@@ -24,6 +24,7 @@ BUILDER_OPTIONS = frozenset(
         "hf_remote",
         "shared_embeddings",
         "op_types_to_quantize",
+        "prune_lm_head",
     }
 )
 

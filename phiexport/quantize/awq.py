@@ -35,9 +35,9 @@ def search_input_scales(
     over the tokens. α = 0 (s ≡ 1) is always a candidate, so the result is never worse than plain rounding.
     """
     gram = gram.float()
-    best_error, best_scales = float("inf"), torch.ones(gram.shape[0])
+    best_error, best_scales = float("inf"), torch.ones(gram.shape[0], device=gram.device)
     for alpha in ALPHAS:
-        scales = activation_scales(mean_abs, alpha) if alpha else torch.ones(gram.shape[0])
+        scales = activation_scales(mean_abs, alpha) if alpha else torch.ones(gram.shape[0], device=gram.device)
         error = 0.0
         for weight, grid in zip(weights, grids, strict=True):
             delta = weight.float() - quantize_rtn(weight.float() * scales, grid).dequantize() / scales

@@ -54,13 +54,15 @@ def calibrate_weights(
     sequences: list[list[int]],
     quant: QuantizationConfig,
     *,
+    device: torch.device | None = None,
     on_layer: Callable[[int, int], None] | None = None,
 ) -> CalibratedWeights:
-    """Quantize every decoder linear of `model` (in place) as `quant` says."""
+    """Quantize every decoder linear of `model` (in place) as `quant` says, GPTQ/AWQ a layer at a time on `device`
+    (default: the CPU)."""
     symmetric = not quant.zero_points
     units = quantization_units(model)
     bits = {unit: 4 if quant.precision == "int4" else 8 for unit in units}
-    summary = _summary(quant)
+    summary = _summary(quant, device)
     if quant.mixed == "auto":
         sensitivity = measure_sensitivity(model, units, BlockGrid(4, quant.block_size, symmetric), sequences)
         sizes = {unit: sum(model.get_submodule(name).weight.numel() for name in unit) for unit in units}
@@ -74,14 +76,14 @@ def calibrate_weights(
         }
     grids = {name: BlockGrid(bits[unit], quant.block_size, symmetric) for unit in units for name in unit}
     if quant.method in ("gptq", "awq"):
-        weights = quantize_layerwise(model, sequences, grids, quant.method, on_layer=on_layer)
+        weights = quantize_layerwise(model, sequences, grids, quant.method, device=device, on_layer=on_layer)
     else:
         weights = _round_in_place(model, grids)
     return CalibratedWeights(weights, summary)
 
 
 def layer_by_layer(
-    model: Any, sequences: list[list[int]], quant: QuantizationConfig
+    model: Any, sequences: list[list[int]], quant: QuantizationConfig, *, device: torch.device | None = None
 ) -> tuple[LayerwiseQuantizer, dict[str, Any]]:
     """GPTQ or AWQ for a model whose layers arrive one at a time (a `LayeredModel`'s skeleton): the quantizer and
     the manifest's summary. (A measured int4/int8 mix scores the whole model per candidate: targets/npu.py refuses
@@ -91,11 +93,21 @@ def layer_by_layer(
     bits = 4 if quant.precision == "int4" else 8
     grid = BlockGrid(bits, quant.block_size, not quant.zero_points)
     grids = {name: grid for unit in quantization_units(model) for name in unit}
-    return LayerwiseQuantizer(model, sequences, grids, cast(Method, quant.method)), _summary(quant)
+    quantizer = LayerwiseQuantizer(model, sequences, grids, cast(Method, quant.method), device=device)
+    return quantizer, _summary(quant, device)
 
 
-def _summary(quant: QuantizationConfig) -> dict[str, Any]:
-    return {"method": quant.method, "block_size": quant.block_size, "symmetric": not quant.zero_points}
+def _summary(quant: QuantizationConfig, device: torch.device | None) -> dict[str, Any]:
+    from phiexport.quantize.device import describe_device
+
+    summary: dict[str, Any] = {
+        "method": quant.method,
+        "block_size": quant.block_size,
+        "symmetric": not quant.zero_points,
+    }
+    if quant.method in ("gptq", "awq"):
+        summary["device"] = describe_device(device or torch.device("cpu"))
+    return summary
 
 
 def measure_sensitivity(

@@ -41,16 +41,17 @@ def gptq_quantize(
 
     importance = torch.diagonal(hessian).clone()
     scales, zero_points = fit_block_params(work, grid, importance, search=clip_search)
-    order = torch.argsort(importance, descending=True) if act_order else torch.arange(width)
+    device = work.device
+    order = torch.argsort(importance, descending=True) if act_order else torch.arange(width, device=device)
     work = work[:, order]
     hessian = hessian[order][:, order]
-    hessian += damping * torch.diagonal(hessian).mean() * torch.eye(width)
+    hessian += damping * torch.diagonal(hessian).mean() * torch.eye(width, device=device)
     upper = _inverse_cholesky(hessian)
 
     # per-column grid parameters, in quantization order
     column_scales = scales[:, order // grid.block_size]
     column_zeros = zero_points[:, order // grid.block_size].float()
-    codes = torch.empty(work.shape, dtype=torch.uint8)
+    codes = torch.empty(work.shape, dtype=torch.uint8, device=device)
     for start in range(0, width, lazy_batch):
         stop = min(start + lazy_batch, width)
         batch = work[:, start:stop].clone()

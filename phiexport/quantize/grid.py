@@ -51,9 +51,12 @@ class QuantizedWeight:
 
     def dequantize(self) -> torch.Tensor:
         """The float32 `[N, K]` weight these codes stand for."""
-        expand = _expand(self.codes.shape[1], self.grid.block_size)
+        expand = _expand(self.codes.shape[1], self.grid.block_size, self.codes.device)
         zero = self.zero_points.float()[:, expand]
         return (self.codes.float() - zero) * self.scales[:, expand]
+
+    def to(self, device: torch.device | str) -> QuantizedWeight:
+        return QuantizedWeight(self.codes.to(device), self.scales.to(device), self.zero_points.to(device), self.grid)
 
     def rows(self, start: int, stop: int) -> QuantizedWeight:
         """Output rows `start:stop` (fused projections such as Phi-3's qkv_proj split this way)."""
@@ -72,7 +75,9 @@ def fit_block_params(
     blocked = _blocked(weight.float(), grid.block_size)  # [N, blocks, block_size], last block padded by replication
     if not search:
         return _range_params(blocked, grid, 1.0)
-    weights = torch.ones(weight.shape[1]) if importance is None else importance.float().clamp(min=0)
+    weights = (
+        torch.ones(weight.shape[1], device=weight.device) if importance is None else importance.float().clamp(min=0)
+    )
     weights = _blocked(weights[None, :], grid.block_size, fill=0.0)
     best_scale, best_zero = _range_params(blocked, grid, CLIP_RATIOS[0])
     best_error = _block_error(blocked, weights, best_scale, best_zero, grid)
@@ -90,7 +95,7 @@ def quantize_with_params(
     weight: torch.Tensor, grid: BlockGrid, scales: torch.Tensor, zero_points: torch.Tensor
 ) -> QuantizedWeight:
     """Round `weight` `[N, K]` onto the given block grid."""
-    expand = _expand(weight.shape[1], grid.block_size)
+    expand = _expand(weight.shape[1], grid.block_size, weight.device)
     codes = torch.round(weight.float() / scales[:, expand]) + zero_points[:, expand].float()
     return QuantizedWeight(
         codes.clamp(0, grid.max_code).to(torch.uint8), scales.float(), zero_points.to(torch.uint8), grid
@@ -136,5 +141,5 @@ def _blocked(matrix: torch.Tensor, block_size: int, fill: float | None = None) -
     return matrix.reshape(rows, -1, block_size)
 
 
-def _expand(width: int, block_size: int) -> torch.Tensor:
-    return torch.arange(width) // block_size
+def _expand(width: int, block_size: int, device: torch.device | None = None) -> torch.Tensor:
+    return torch.arange(width, device=device) // block_size

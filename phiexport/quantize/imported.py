@@ -60,6 +60,7 @@ def import_weights(model_path: Path, weights: dict[str, BlockWeight], *, accurac
     rewrites: dict[int, _Rewrite] = {}
     block_sums: dict[str, str] = {}  # input → the input with its block sums appended, shared by its readers
     head: _Written | None = None
+    builder_head = ""  # the builder's own table of the LM head, which nothing may read once the head is imported
     imported: set[str] = set()
     for index, node in enumerate(graph.node):
         if node.op_type != "MatMulNBits":
@@ -79,7 +80,7 @@ def import_weights(model_path: Path, weights: dict[str, BlockWeight], *, accurac
         rewrites[index] = rewrite
         imported.update(name for name, _ in sources)
         if is_head:
-            head = written
+            head, builder_head = written, node.input[1]
     for index, node in enumerate(graph.node):
         if node.op_type != "GatherBlockQuantized":
             continue
@@ -104,6 +105,11 @@ def import_weights(model_path: Path, weights: dict[str, BlockWeight], *, accurac
     del graph.node[:]
     graph.node.extend(nodes)
     _drop_unused(graph)
+    if head is not None and any(builder_head in node.input for node in graph.node):
+        raise BuildError(
+            "the tied embedding still gathers the builder's re-quantized LM head, not the imported one",
+            "report a bug (the builder's tied-embedding graph changed)",
+        )
     save_with_external_data(model, model_path)
     return imported
 
@@ -510,7 +516,7 @@ def _integer_zero_points(weight: BlockWeight) -> np.ndarray | None:
 def _reads_lm_head(gather: Any, producer: dict[str, Any], graph: Any) -> bool:
     """True when the GatherBlockQuantized table is the LM head's weight (the builder's tied embedding)."""
     reshape = producer.get(gather.input[0])
-    lm_head = next((node for node in graph.node if node.name.startswith("/lm_head/")), None)
+    lm_head = next((n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/")), None)
     return reshape is not None and lm_head is not None and reshape.input[0] == lm_head.input[1]
 
 

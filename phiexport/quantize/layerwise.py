@@ -7,6 +7,10 @@ for earlier rounding (GPTQ's sequential mode). Within a layer, the linears that 
 
 Every quantized linear's weight is replaced by its dequantized value in place, so the model afterwards computes what
 the package will; the integer codes are returned for packaging.
+
+On a GPU (`device`, quantize/device.py) each layer is moved there for its turn and back after it, with the calibration
+inputs staying there between layers: the first layer's inputs are the only whole-model pass, and it runs where the
+model is.
 """
 
 from __future__ import annotations
@@ -37,6 +41,20 @@ class LayerCall:
         output = layer(self.hidden, **self.kwargs)
         return LayerCall(output[0] if isinstance(output, tuple) else output, self.kwargs)
 
+    def to(self, device: torch.device) -> LayerCall:
+        return LayerCall(self.hidden.to(device), _on_device(self.kwargs, device))
+
+
+def _on_device(value: Any, device: torch.device) -> Any:
+    """`value` with every tensor in it (through tuples, lists and dicts) on `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_on_device(item, device) for item in value)
+    if isinstance(value, dict):
+        return {key: _on_device(item, device) for key, item in value.items()}
+    return value
+
 
 class _Captured(Exception):
     pass
@@ -48,14 +66,16 @@ def quantize_layerwise(
     grids: dict[str, BlockGrid],
     method: Method,
     *,
+    device: torch.device | None = None,
     on_layer: Callable[[int, int], None] | None = None,
 ) -> dict[str, QuantizedWeight]:
-    """Quantize every linear named in `grids` (full module names, e.g. `model.layers.0.mlp.down_proj`).
+    """Quantize every linear named in `grids` (full module names, e.g. `model.layers.0.mlp.down_proj`), each layer
+    on `device` (default: the CPU).
 
     `on_layer(done, total)` reports progress.
     """
     layers = model.model.layers
-    quantizer = LayerwiseQuantizer(model, sequences, grids, method)
+    quantizer = LayerwiseQuantizer(model, sequences, grids, method, device=device)
     quantized: dict[str, QuantizedWeight] = {}
     for index, layer in enumerate(layers):
         quantized.update(quantizer.quantize(index, layer))
@@ -68,10 +88,19 @@ class LayerwiseQuantizer:
     """GPTQ or AWQ a decoder layer at a time, in order, each layer given to `quantize` as it is reached: the whole
     model need not be in memory (the NPU build hands it the layers of a `LayeredModel`)."""
 
-    def __init__(self, model: Any, sequences: list[list[int]], grids: dict[str, BlockGrid], method: Method):
+    def __init__(
+        self,
+        model: Any,
+        sequences: list[list[int]],
+        grids: dict[str, BlockGrid],
+        method: Method,
+        *,
+        device: torch.device | None = None,
+    ):
         self._config, self._grids, self._method = model.config, grids, method
+        self.device = device or torch.device("cpu")
         with torch.inference_mode():
-            self._calls = first_layer_calls(model, sequences)
+            self._calls = [call.to(self.device) for call in first_layer_calls(model, sequences)]
 
     def quantize(self, index: int, layer: Any) -> dict[str, QuantizedWeight]:
         """Quantize decoder layer `index` in place (its inputs are the quantized outputs of the layers before);
@@ -80,6 +109,8 @@ class LayerwiseQuantizer:
         grids = {name[len(prefix) :]: grid for name, grid in self._grids.items() if name.startswith(prefix)}
         quantized: dict[str, QuantizedWeight] = {}
         calls = self._calls
+        home = next(layer.parameters()).device
+        layer.to(self.device)
         with torch.inference_mode():
             groups = _input_groups(layer, calls[0], set(grids))
             if self._method == "awq":
@@ -93,8 +124,9 @@ class LayerwiseQuantizer:
                     else:
                         result = quantize_rtn(linear.weight, grids[name], torch.diagonal(importance), search=True)
                     linear.weight.copy_(result.dequantize().to(linear.weight.dtype))
-                    quantized[prefix + name] = result
+                    quantized[prefix + name] = result.to("cpu")
             self._calls = [call.through(layer) for call in calls]
+        layer.to(home)
         return quantized
 
 
@@ -135,8 +167,9 @@ def _input_groups(layer: Any, call: LayerCall, names: set[str]) -> list[list[str
 
 def _hessian(layer: Any, calls: list[LayerCall], name: str) -> torch.Tensor:
     """H = 2/n Σ x xᵀ over every calibration token reaching linear `name` (the layer runs only up to it)."""
-    width = layer.get_submodule(name).in_features
-    total = torch.zeros(width, width)
+    linear = layer.get_submodule(name)
+    width = linear.in_features
+    total = torch.zeros(width, width, device=linear.weight.device)
     count = 0
 
     def accumulate(_name: str, x: torch.Tensor) -> None:
@@ -161,8 +194,9 @@ def _apply_awq_scales(
     One pass over the layer gathers every group's XᵀX and Σ|x| from all calibration tokens.
     """
     widths = {group[0]: layer.get_submodule(group[0]).in_features for group in groups}
-    grams = {name: torch.zeros(width, width) for name, width in widths.items()}
-    sums = {name: torch.zeros(width) for name, width in widths.items()}
+    device = next(layer.parameters()).device
+    grams = {name: torch.zeros(width, width, device=device) for name, width in widths.items()}
+    sums = {name: torch.zeros(width, device=device) for name, width in widths.items()}
     counts = dict.fromkeys(widths, 0)
 
     def gather(name: str, x: torch.Tensor) -> None:

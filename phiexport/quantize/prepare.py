@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from phiexport.quantize.calibrated import CalibratedWeights
+from phiexport.quantize.device import calibration_device
 from phiexport.recipe import Recipe
 from phiexport.source import Checkpoint
 from phiexport.source.hf_dir import read_json
@@ -54,7 +55,8 @@ def prepare_checkpoint(
     model = load_float_model(checkpoint, trust_remote_code=recipe.source.trust_remote_code)
     if quant.rotate:
         rotate_decoder(model, quant.rotation_seed)
-    calibrated = calibrate_weights(model, calibration_text(checkpoint, recipe), quant)
+    device = calibration_device(recipe.calibration.device)
+    calibrated = calibrate_weights(model, calibration_text(checkpoint, recipe), quant, device=device)
     return save_checkpoint(model, checkpoint, output), calibrated
 
 
@@ -73,9 +75,10 @@ def write_prepared_layers(
         rotation_seed=quant.rotation_seed if quant.rotate else None,
         trust_remote_code=recipe.source.trust_remote_code,
     )
-    quantizer, summary = (
-        layer_by_layer(source.model, calibration_text(checkpoint, recipe), quant) if quant.calibrated else (None, None)
-    )
+    quantizer, summary = None, None
+    if quant.calibrated:
+        device = calibration_device(recipe.calibration.device)
+        quantizer, summary = layer_by_layer(source.model, calibration_text(checkpoint, recipe), quant, device=device)
     skeleton = source.model
     tied = bool(getattr(skeleton.config, "tie_word_embeddings", False)) and not quant.rotate
     shapes = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}

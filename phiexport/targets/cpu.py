@@ -14,8 +14,10 @@ CPU = Target(
     # threads): SmolLM2 decodes 1.33-1.44x faster, first token 30-45 % sooner (BENCHMARKS.md, decode table)
     session_options=(("intra_op_num_threads", 0),),
     # an untied token embedding in int4 blocks too, read by GatherBlockQuantized as the tied one is (the builder
-    # keeps it in fp32 otherwise: 2.05 GB of Phi-4's 11 GB package)
-    builder_options=(("op_types_to_quantize", "MatMul/Gather"),),
+    # keeps it in fp32 otherwise: 2.05 GB of Phi-4's 11 GB package); the LM head on the prompt's last position only
+    # (onnxruntime-genai reads no other): SmolLM2's 512-token prompt no longer makes 100 MB of logits, and its first
+    # token comes sooner (BENCHMARKS.md, decode_peers)
+    builder_options=(("op_types_to_quantize", "MatMul/Gather"), ("prune_lm_head", "true")),
     imports_integers=True,
     builder="phiexport.targets.genai_package",
 )

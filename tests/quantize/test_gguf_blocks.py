@@ -60,22 +60,35 @@ def test_matmul_nbits_computes_ggufs_dequantization(qtype, accuracy_level, tmp_p
 
 
 @pytest.mark.parametrize(
-    ("qtype", "accuracy_level"),
-    [(Q.Q8_0, 1), (Q.Q8_0, 4), (Q.Q4_1, 1), (Q.Q6_K, 1), (Q.Q4_0, 4)],
-    ids=["Q8_0-halves", "Q8_0-8bit", "Q4_1-offsets", "Q6_K-halves", "Q4_0"],
+    ("qtype", "accuracy_level", "pruned"),
+    [
+        (Q.Q8_0, 1, False),
+        (Q.Q8_0, 4, False),
+        (Q.Q4_1, 1, False),
+        (Q.Q6_K, 1, False),
+        (Q.Q4_0, 4, False),
+        (Q.Q8_0, 4, True),
+    ],
+    ids=["Q8_0-halves", "Q8_0-8bit", "Q4_1-offsets", "Q6_K-halves", "Q4_0", "Q8_0-pruned-head"],
 )
-def test_tied_embedding_gathers_the_imported_lm_head_rows(qtype, accuracy_level, tmp_path):
+def test_tied_embedding_gathers_the_imported_lm_head_rows(qtype, accuracy_level, pruned, tmp_path):
+    """The builder's `prune_lm_head` (the CPU target's) puts a Gather before the LM head: the embedding is still
+    found and pointed at the imported rows."""
     vocab = 40
     data = random_blocks(qtype, vocab, np.random.default_rng(3))
     table = dequantize(data, qtype).reshape(vocab, COLS)
     weight = gguf_to_blocks(data, qtype, vocab, COLS)
-    path = builder_graph(tmp_path / "model.onnx", {}, vocab=vocab)
+    path = builder_graph(tmp_path / "model.onnx", {}, vocab=vocab, pruned=pruned)
     assert import_weights(path, {"lm_head": weight}, accuracy_level=accuracy_level) == {"lm_head"}
     ids = np.array([[0, 7, 39, 7]], dtype=np.int64)
-    outputs = run(path, x=np.eye(COLS, dtype=np.float32)[None], input_ids=ids)
+    x = np.eye(COLS, dtype=np.float32)[None]
+    outputs = run(path, x=x, input_ids=ids)
     scale = np.abs(table).max()
     assert np.abs(outputs["embedding"][0] - table[ids[0]]).max() <= 1e-6 * scale
-    assert np.abs(outputs["/lm_head/MatMul_Q4"][0].T - table).max() <= 1e-6 * scale
+    if pruned:  # the last position's logits only: the last row of the identity, the table's last column
+        assert np.abs(outputs["/lm_head/MatMul_Q4"][0, -1] - table[:, -1]).max() <= 1e-6 * scale
+    else:
+        assert np.abs(outputs["/lm_head/MatMul_Q4"][0].T - table).max() <= 1e-6 * scale
     names = {tensor.name for tensor in onnx.load(str(path), load_external_data=False).graph.initializer}
     assert "/lm_head/MatMul_Q4.B" not in names  # the builder's re-quantized table is gone, not carried along
 

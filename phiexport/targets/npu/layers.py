@@ -84,6 +84,7 @@ def layer_codes(
     """`codes(index, layer)`: the GPTQ/AWQ codes of decoder layer `index` by HF module name (computed now, the
     layer modified in place, or taken from the CPU target's), empty for plain rounding; and the manifest summary."""
     from phiexport.quantize.calibrated import layer_by_layer
+    from phiexport.quantize.device import calibration_device
 
     def prefixed(weights: dict[str, Any], index: int) -> dict[str, Any]:
         prefix = f"model.layers.{index}."
@@ -93,5 +94,6 @@ def layer_codes(
         return (lambda index, _layer: prefixed(prepared.weights, index)), prepared.summary
     if not recipe.quantization.calibrated:
         return (lambda _index, _layer: {}), None
-    quantizer, summary = layer_by_layer(source.model, sequences, recipe.quantization)
+    device = calibration_device(recipe.calibration.device)
+    quantizer, summary = layer_by_layer(source.model, sequences, recipe.quantization, device=device)
     return quantizer.quantize, summary

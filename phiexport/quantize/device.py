@@ -1,0 +1,46 @@
+"""Where calibration runs: a CUDA GPU when torch sees one (`auto`), else the CPU.
+
+Only one decoder layer and its calibration inputs are on the device at a time (quantize/layerwise.py), so a model
+calibrates on a card that holds one of its layers. TF32 stays off: GPTQ's error feedback is a long chain of fp32
+updates, and TF32's 10-bit mantissa would move codes the CPU computes otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from phiexport.errors import UsageError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(setting: str) -> None:
+    """Refuse `cuda` before any work when torch sees no GPU (`auto` and `cpu` always run)."""
+    if setting == "cuda":
+        calibration_device(setting)
+
+
+def calibration_device(setting: str) -> Any:
+    """The torch device `setting` (one of DEVICES) names on this machine."""
+    import torch
+
+    if setting == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        return torch.device("cuda")
+    if setting == "cuda":
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise UsageError(
+            f"--device cuda: torch {torch.__version__} ({build}) sees no CUDA GPU",
+            "use --device cpu (or auto), or install a CUDA build of torch (README: Calibrating on a GPU)",
+        )
+    return torch.device("cpu")
+
+
+def describe_device(device: Any) -> str:
+    """For the manifest: `cpu`, or `cuda (<the GPU's name>)`."""
+    import torch
+
+    return "cpu" if device.type == "cpu" else f"cuda ({torch.cuda.get_device_name(device)})"
