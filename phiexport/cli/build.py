@@ -50,7 +50,10 @@ def build(
     ] = False,
     qdq_bodies: Annotated[
         bool,
-        typer.Option("--qdq-bodies", help="npu: also ship the QDQ body graphs, which the CPU EP runs (--device cpu)."),
+        typer.Option(
+            "--qdq-bodies",
+            help="npu: also ship the QDQ body graphs, which the CPU EP runs (`phiexport run --device cpu`).",
+        ),
     ] = False,
     device_only: Annotated[
         bool,
