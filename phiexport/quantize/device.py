@@ -11,8 +11,6 @@ from typing import Any
 
 from phiexport.errors import UsageError
 
-DEVICES = ("auto", "cpu", "cuda")
-
 
 def check_device(setting: str) -> None:
     """Refuse `cuda` before any work when torch sees no GPU (`auto` and `cpu` always run)."""
@@ -21,7 +19,7 @@ def check_device(setting: str) -> None:
 
 
 def calibration_device(setting: str) -> Any:
-    """The torch device `setting` (one of DEVICES) names on this machine."""
+    """The torch device `setting` (`auto`, `cpu` or `cuda`) names on this machine."""
     import torch
 
     if setting == "cpu":
