@@ -28,6 +28,10 @@ Fidelity: teacher-forced logits over `--kl-problems` held-out GSM8K test convers
 tokens scored, as `phiexport eval` does) from each package (onnxruntime, one pass) and from llama.cpp (one batch
 with every position's logits), each against the fp32 torch model of the dequantized GGUF on the same tokens: KL
 mean, its 99th percentile and top-1 agreement.
+
+`--ceiling` adds a speed-only row: the default package with the Q4_1 mins dropped altogether (no remainder blocks,
+no zero points; a wrong model, its KL shows how wrong), the Q8_0 LM head kept. It bounds what any treatment of the
+mins can reach with onnxruntime's kernels.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ T = TypeVar("T")
 CALIBRATION = Path(__file__).resolve().parents[1] / "calibration" / "gsm8k_train_1024.jsonl"
 COMMON_BUILD = ["--target", "cpu", "--eval-sequences", "2"]
 LLAMA = "llama.cpp"
+CEILING = "speed ceiling: the default without the mins (a wrong model)"
 
 
 @dataclass(frozen=True)
@@ -471,6 +476,54 @@ def print_table(
         print("| " + " | ".join(cells) + " |")
 
 
+def without_mins(package: Path, output: Path) -> Path:
+    """The speed ceiling of `--ceiling`: `package` with its constants folded by onnxruntime, then every linear that
+    reads block sums cut back to the input's own blocks, without zero points."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+    from onnx import numpy_helper
+
+    if (output / "genai_config.json").is_file():
+        return output
+    output.mkdir(parents=True, exist_ok=True)
+    for item in package.iterdir():
+        if not item.name.startswith("model.onnx"):
+            (output / item.name).write_bytes(item.read_bytes())
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(output / "folded.onnx")
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "folded.onnx.data")
+    onnxruntime.InferenceSession(str(package / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    model = onnx.load(output / "folded.onnx")
+    tensors = {tensor.name: tensor for tensor in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits" or not node.input[0].endswith("/with_sums"):
+            continue
+        attributes = {attribute.name: attribute for attribute in node.attribute}
+        total, rows = attributes["K"].i // 32, attributes["N"].i
+        # the input's own blocks: two copies of its block sums follow them, each padded to whole blocks of 32
+        own = next(blocks for blocks in range(total, 0, -1) if blocks + 2 * -(-blocks // 32) == total)
+        codes = numpy_helper.to_array(tensors[node.input[1]])[:, :own]
+        scales = numpy_helper.to_array(tensors[node.input[2]]).reshape(rows, -1)[:, :own]
+        inputs = [node.input[0].removesuffix("/with_sums"), f"{node.name}/own_codes", f"{node.name}/own_scales"]
+        model.graph.initializer.extend(
+            numpy_helper.from_array(np.ascontiguousarray(array), name)
+            for array, name in ((codes, inputs[1]), (scales.reshape(-1), inputs[2]))
+        )
+        node.ClearField("input")
+        node.input.extend(inputs)
+        attributes["K"].i = own * 32
+    read = {name for node in model.graph.node for name in node.input}
+    kept = [tensor for tensor in model.graph.initializer if tensor.name in read]
+    model.graph.ClearField("initializer")
+    model.graph.initializer.extend(kept)
+    onnx.save(model, output / "model.onnx", save_as_external_data=True, location="model.onnx.data")
+    for name in ("folded.onnx", "folded.onnx.data"):
+        (output / name).unlink()
+    return output
+
+
 def run(args: argparse.Namespace, scratch: Path) -> None:
     """Build, measure every row and print the table."""
     from transformers import AutoTokenizer
@@ -481,7 +534,10 @@ def run(args: argparse.Namespace, scratch: Path) -> None:
 
     gguf = smollm2_gguf()
     checkpoint = resolve_source(SourceConfig(model=str(gguf)), cache_root()).path
-    packages = build_packages(args.packages or scratch / "packages", VARIANTS)
+    folder = args.packages or scratch / "packages"
+    packages = build_packages(folder, VARIANTS)
+    if args.ceiling:
+        packages[CEILING] = without_mins(packages[VARIANTS[0].name], folder / "ceiling" / "cpu")
     prompts = prompt_ids(AutoTokenizer.from_pretrained(checkpoint))
     context = max(PROMPT_LENGTHS) + args.new_tokens
     llama_python = args.llama_venv / "bin" / "python"
@@ -515,6 +571,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens each run generates")
     parser.add_argument("--kl-problems", type=int, default=40, help="held-out GSM8K problems the KL is measured on")
     parser.add_argument("--packages", type=Path, help="build the packages into this folder and reuse them later")
+    parser.add_argument("--ceiling", action="store_true", help="add the speed-only row without the Q4_1 mins")
     parser.add_argument(
         "--max-foreign-cpu", type=float, default=0.15, help="redo a timing while other processes used more cores"
     )
