@@ -28,6 +28,7 @@ from phiexport.package.manifest import write_manifest
 from phiexport.package.publish import full_disk_named, rejected_path, staged_output
 from phiexport.package.signing import key_id, sign_package
 from phiexport.progress import StageProgress
+from phiexport.quantize.device import calibration_device
 from phiexport.quantize.prepare import prepare_checkpoint
 from phiexport.quantize.source_integers import source_integers
 from phiexport.quantize.weight_only import check_block_layout
@@ -148,6 +149,7 @@ def _build_into(
                 trust_remote_code=recipe.source.trust_remote_code,
                 track=progress.track,
                 chat_template=chat.template if chat else None,
+                device=calibration_device(recipe.calibration.device),
             )
 
         gates, left_to_eval = split_gates(recipe.gates, BUILD_METRICS)

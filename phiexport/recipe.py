@@ -148,7 +148,9 @@ class CalibrationConfig(_Strict):
     max_tokens: int = Field(512, ge=16, le=8192, description="Each conversation is cut to this many tokens")
     seed: int = Field(0, ge=0, description="Seed of the draw (same seed, same package)")
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where calibration runs: auto = a CUDA GPU when torch sees one, else the CPU"
+        "auto",
+        description="Where GPTQ/AWQ, mixed: auto's scoring, the NPU's activation calibration and the reference of "
+        "verify/eval run: auto = a CUDA GPU when torch sees one, else the CPU",
     )
 
 

@@ -72,7 +72,7 @@ def build(
     ] = None,
     device: Annotated[
         str | None,
-        typer.Option(help="Where GPTQ/AWQ calibration runs: auto (a CUDA GPU if torch sees one), cpu or cuda."),
+        typer.Option(help="Where calibration and the reference check run: auto (CUDA if torch sees a GPU), cpu, cuda."),
     ] = None,
     block_size: Annotated[int | None, typer.Option(help="Quantization block: 16, 32, 64, 128 or 256.")] = None,
     symmetric: Annotated[

@@ -58,6 +58,10 @@ def evaluate(
         list[str] | None,
         typer.Option(help="Where NPU packages run, repeatable: cpu (CPU EP), htp-sim (HTP simulator) [both]."),
     ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="Where the torch reference runs: auto (a CUDA GPU if torch sees one), cpu or cuda."),
+    ] = None,
     max_kl: Annotated[float | None, typer.Option(help="Gate: largest mean KL.")] = None,
     min_top1: Annotated[float | None, typer.Option(help="Gate: smallest top-1 agreement (0-1).")] = None,
     max_ppl_ratio: Annotated[float | None, typer.Option(help="Gate: largest perplexity ratio.")] = None,
@@ -89,6 +93,7 @@ def evaluate(
                 "--seed": ("evaluation.problem_seed", seed),
                 "--sim-problems": ("evaluation.simulator_problems", sim_problems),
                 "--new-tokens": ("evaluation.answer_tokens", new_tokens),
+                "--device": ("calibration.device", device),
                 "--max-kl": ("gates.max_kl", max_kl),
                 "--min-top1": ("gates.min_top1", min_top1),
                 "--max-ppl-ratio": ("gates.max_ppl_ratio", max_ppl_ratio),

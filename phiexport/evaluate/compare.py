@@ -24,7 +24,7 @@ from phiexport.evaluate.gsm8k import Answers, final_answer, gold_answer, select_
 from phiexport.evaluate.journal import Journal, digest, item_key
 from phiexport.evaluate.metrics import TokenScores, first_divergence, score_tokens
 from phiexport.evaluate.onnx_runner import PackageRunner
-from phiexport.evaluate.reference import Reference, open_reference
+from phiexport.evaluate.reference import Reference, open_reference, reference_device
 from phiexport.package.manifest import package_dirs, read_manifest
 from phiexport.progress import Track
 from phiexport.recipe import EvaluationConfig, GatesConfig
@@ -114,15 +114,18 @@ def measured_metrics(evaluation: EvaluationConfig) -> set[str]:
 class _Models:
     """The reference and the packages, each opened the first time something is left for it to compute."""
 
-    def __init__(self, reference: Checkpoint, trust_remote_code: bool):
+    def __init__(self, reference: Checkpoint, trust_remote_code: bool, device: Any):
         self._reference_checkpoint = reference
         self._trust_remote_code = trust_remote_code
+        self._device = device
         self._reference: Reference | None = None
         self._runners: dict[str, Any] = {}
 
     def reference(self) -> Reference:
         if self._reference is None:
-            self._reference = open_reference(self._reference_checkpoint.path, trust_remote_code=self._trust_remote_code)
+            self._reference = open_reference(
+                self._reference_checkpoint.path, trust_remote_code=self._trust_remote_code, device=self._device
+            )
         return self._reference
 
     def runner(self, subject: Subject) -> Any:
@@ -153,9 +156,11 @@ def evaluate_packages(
     trust_remote_code: bool,
     track: Track[Any],
     chat_template: str | None = None,
+    device: Any = None,
 ) -> Evaluation:
     """Score every subject against `reference` (teacher-forced metrics, then GSM8K answers) and check its gates.
-    `chat_template` (the recipe's chat format) formats prompts when the reference's tokenizer has none."""
+    `chat_template` (the recipe's chat format) formats prompts when the reference's tokenizer has none; the
+    reference runs on torch `device` (default: the CPU)."""
     tokenizer = prompt_tokenizer(reference.path, trust_remote_code=trust_remote_code, chat_template=chat_template)
     contexts = [s.context for s in subjects if s.context is not None]
     max_tokens = min([evaluation.max_tokens, *contexts])  # every row scores the same streams: cut to the smallest cache
@@ -178,7 +183,7 @@ def evaluate_packages(
         path = raw_dir / subject.journal_name(reference_key)
         journals[subject.label] = by_path.setdefault(path, Journal(path))
     reference_journal = Journal(raw_dir / f"reference-{digest(reference_key, stop_ids)}.jsonl")
-    models = _Models(reference, trust_remote_code)
+    models = _Models(reference, trust_remote_code, device)
 
     sequence_keys = _score_sequences(sequences, subjects, journals, models, track)
     answer_keys = [item_key("answer", prompt, budget) for prompt in prompts]
@@ -236,7 +241,7 @@ def evaluate_packages(
         "reference": {
             "model": reference.origin,
             "revision": reference.revision,
-            "runs_on": "torch fp32 (transformers), CPU",
+            "runs_on": f"torch fp32 (transformers), {reference_device(device)}",
             "task": _reference_task(reference_answers, reference_journal, answer_keys, gold),
         },
         "data": {

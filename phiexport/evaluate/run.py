@@ -22,6 +22,7 @@ from phiexport.evaluate.report_card import REPORT_JSON, write_report_card
 from phiexport.package.manifest import read_manifest
 from phiexport.pipeline import cache_root
 from phiexport.progress import StageProgress
+from phiexport.quantize.device import calibration_device
 from phiexport.recipe import Recipe, SourceConfig, parse_recipe
 from phiexport.source import resolve_source
 
@@ -40,11 +41,12 @@ def run_eval(
     progress: StageProgress,
 ) -> tuple[Path, Evaluation]:
     """Evaluate the packages and write the report card into `output` (see `gate_failure` for what follows a miss).
-    Settings and gates come from `recipe`, else from the first package's build recipe, with `overrides` (sections
-    `evaluation` and `gates`, set by the options `flags` names) on top."""
+    Settings and gates come from `recipe`, else from the first package's build recipe, with `overrides` (set by the
+    options `flags` names) on top. The torch reference runs where `calibration.device` says."""
     subjects = find_subjects(package_paths, npu_devices)
     settings = (recipe or _build_recipe(subjects[0])).with_overrides(overrides, flags)
     check_gates_measurable(settings.gates, measured_metrics(settings.evaluation))
+    torch_device = calibration_device(settings.calibration.device)  # a GPU asked for and missing fails now
     check_output(output)
     source = reference or _packages_source(subjects)
     with progress.stage("reference", source.model):
@@ -59,6 +61,7 @@ def run_eval(
         trust_remote_code=source.trust_remote_code,
         track=progress.track,
         chat_template=chat_format(settings.chat.format).template if settings.chat.format else None,
+        device=torch_device,
     )
     with progress.stage("report card"):
         markdown = write_report_card(evaluation, output)

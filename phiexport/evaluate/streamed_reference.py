@@ -23,12 +23,14 @@ VOCAB_ROWS_PER_CHUNK = 16384  # lm_head rows multiplied at once: 200 MB of fp32 
 class StreamedReference:
     """The checkpoint's fp32 logits and greedy text, holding one decoder layer's weights at a time."""
 
-    def __init__(self, checkpoint_dir: Path, *, track: Track[Any] | None = None):
+    def __init__(self, checkpoint_dir: Path, *, track: Track[Any] | None = None, device: Any = None):
         import torch
 
         self._torch = torch
+        self._device = device or torch.device("cpu")
         self._track = track or (lambda items, _total, _description: items)
         self._source = LayeredModel(checkpoint_dir)
+        self._source.norm.to(self._device)
 
     def scored_logits(self, sequences: Sequence[ScoredSequence]) -> Iterator[np.ndarray]:
         """Each sequence's logits at its scored positions: one layer pass over them all, then the lm_head per
@@ -63,16 +65,17 @@ class StreamedReference:
         return generated
 
     def _final_hidden(self, sequences: list[list[int]]) -> list[Any]:
-        """The normed last hidden states `[tokens, hidden]` of each sequence, a decoder layer at a time."""
+        """The normed last hidden states `[tokens, hidden]` of each sequence, a decoder layer at a time (each on the
+        device for its turn)."""
         from phiexport.quantize.layerwise import first_layer_calls
 
         torch = self._torch
         with torch.inference_mode():
             source = self._source
-            calls = first_layer_calls(source.model, sequences)
+            calls = [call.to(self._device) for call in first_layer_calls(source.model, sequences)]
             count = source.num_layers
             for index in self._track(range(count), count, f"reference, {len(calls)} sequences"):
-                layer = source.layer(index)
+                layer = source.layer(index).to(self._device)
                 calls = [call.through(layer) for call in calls]
                 source.release(layer)
             return [source.norm(call.hidden)[0] for call in calls]
@@ -84,5 +87,6 @@ class StreamedReference:
         with self._torch.inference_mode():
             for start in range(0, vocab, VOCAB_ROWS_PER_CHUNK):
                 stop = min(start + VOCAB_ROWS_PER_CHUNK, vocab)
-                logits[:, start:stop] = (states @ self._source.lm_head_rows(start, stop).T).numpy()
+                rows = self._source.lm_head_rows(start, stop).to(self._device)
+                logits[:, start:stop] = (states @ rows.T).cpu().numpy()
         return logits

@@ -11,7 +11,7 @@ from phiexport.errors import BuildError
 from phiexport.evaluate.data import chat_prompt, gsm8k_test, prompt_tokenizer, scored_sequences
 from phiexport.evaluate.metrics import TokenScores, first_divergence
 from phiexport.evaluate.onnx_runner import PackageRunner
-from phiexport.evaluate.reference import open_reference
+from phiexport.evaluate.reference import open_reference, reference_device
 from phiexport.progress import Track
 from phiexport.recipe import EvaluationConfig
 from phiexport.runtime.genai import GenaiPipelineRunner, package_stop_ids
@@ -27,16 +27,18 @@ def verify_packages(
     trust_remote_code: bool,
     track: Track[Any],
     chat_template: str | None = None,
+    device: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """A report per package (keyed like `packages`): perplexity, KL, top-1 and greedy agreement.
 
-    `chat_template` formats the prompts when the checkpoint's tokenizer has none (the packages got it too).
+    `chat_template` formats the prompts when the checkpoint's tokenizer has none (the packages got it too); the
+    torch reference runs on `device` (default: the CPU).
     """
     tokenizer = prompt_tokenizer(checkpoint_dir, trust_remote_code=trust_remote_code, chat_template=chat_template)
     sequences = scored_sequences(tokenizer, evaluation.sequences, evaluation.max_tokens)
     if not sequences:
         raise BuildError("no evaluation sequence survived tokenization", "raise evaluation.max_tokens in the recipe")
-    reference = open_reference(checkpoint_dir, trust_remote_code=trust_remote_code, track=track)
+    reference = open_reference(checkpoint_dir, trust_remote_code=trust_remote_code, track=track, device=device)
     runners = _Runners(packages)  # opened after the reference's first pass: at scale, one model in memory at a time
     scores = {name: TokenScores() for name in packages}
 
@@ -71,7 +73,10 @@ def verify_packages(
     return {
         name: {
             "schema": REPORT_SCHEMA,
-            "reference": {"model": "torch fp32 (transformers) of the source checkpoint"},
+            "reference": {
+                "model": "torch fp32 (transformers) of the source checkpoint",
+                "runs_on": reference_device(device),
+            },
             "data": {
                 "dataset": "GSM8K test (first problems in file order), chat-formatted, assistant tokens scored",
                 "sequences": len(sequences),

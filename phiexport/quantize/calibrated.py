@@ -9,7 +9,8 @@ once for both uses, and the NPU package keeps it on the CPU at 8 bits.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -28,6 +29,7 @@ _UNITS = (
     ("mlp.down_proj",),
 )
 SENSITIVITY_SEQUENCES = 8  # calibration conversations scored per candidate linear by `mixed: auto`
+TRIAL_BYTES = 1 << 30  # hidden states of the trials that `mixed: auto` runs through the layers together
 
 
 @dataclass
@@ -64,7 +66,8 @@ def calibrate_weights(
     bits = {unit: 4 if quant.precision == "int4" else 8 for unit in units}
     summary = _summary(quant, device)
     if quant.mixed == "auto":
-        sensitivity = measure_sensitivity(model, units, BlockGrid(4, quant.block_size, symmetric), sequences)
+        grid = BlockGrid(4, quant.block_size, symmetric)
+        sensitivity = measure_sensitivity(model, units, grid, sequences, device=device)
         sizes = {unit: sum(model.get_submodule(name).weight.numel() for name in unit) for unit in units}
         promoted = choose_int8(sensitivity, sizes, quant.mixed_bits, units)
         bits.update({unit: 8 for unit in promoted})
@@ -111,43 +114,108 @@ def _summary(quant: QuantizationConfig, device: torch.device | None) -> dict[str
 
 
 def measure_sensitivity(
-    model: Any, units: list[tuple[str, ...]], grid: BlockGrid, sequences: list[list[int]]
+    model: Any,
+    units: list[tuple[str, ...]],
+    grid: BlockGrid,
+    sequences: list[list[int]],
+    *,
+    device: torch.device | None = None,
+    trial_bytes: int = TRIAL_BYTES,
 ) -> dict[tuple[str, ...], float]:
     """Mean KL(float ‖ model with only `unit` rounded to `grid`) over a few calibration conversations, per unit.
 
-    Each layer's float inputs are kept while walking down the model, so a unit's trial runs only its own layer and
-    those after it (about half the model on average).
+    A unit's trial runs only its own layer and those after it, from the float inputs of its layer. The trials of a
+    wave advance together a decoder layer at a time, so each layer goes to `device` (default: the CPU) once per wave;
+    a wave carries as many trials' hidden states as `trial_bytes` holds.
     """
+    device = device or torch.device("cpu")
     layers = model.model.layers
-    by_layer: dict[int, list[tuple[str, ...]]] = {}
-    for unit in units:
-        by_layer.setdefault(int(unit[0].split(".")[2]), []).append(unit)
-
-    def log_probs(index: int, calls: list[LayerCall]) -> list[torch.Tensor]:
-        for layer in layers[index:]:
-            calls = [call.through(layer) for call in calls]
-        return [torch.log_softmax(model.lm_head(model.model.norm(call.hidden))[0].float(), dim=-1) for call in calls]
-
-    result = {}
-    with torch.inference_mode():
-        calls = first_layer_calls(model, sequences[:SENSITIVITY_SEQUENCES])
-        reference = [(ref.exp(), (ref.exp() * ref).sum(dim=-1)) for ref in log_probs(0, calls)]  # p, Σ p log p
-        for index, layer in enumerate(layers):
-            for unit in by_layer.get(index, []):
-                linears = [model.get_submodule(name) for name in unit]
-                originals = [linear.weight.detach().clone() for linear in linears]
-                for linear in linears:
-                    linear.weight.copy_(quantize_rtn(linear.weight, grid).dequantize().to(linear.weight.dtype))
+    result: dict[tuple[str, ...], float] = {}
+    with torch.inference_mode():  # the embedding runs where the model is: a tied lm_head moves it along
+        floats = [call.to(device) for call in first_layer_calls(model, sequences[:SENSITIVITY_SEQUENCES])]
+    with torch.inference_mode(), _moved(device, model.model.norm, model.lm_head):
+        reference = [
+            (ref.exp(), (ref.exp() * ref).sum(dim=-1))
+            for ref in _log_probs(model, _trials(model, floats, 0, [()], grid, device)[()])
+        ]
+        wave = max(1, trial_bytes // sum(call.hidden.numel() * call.hidden.element_size() for call in floats))
+        position = 0
+        for first in range(0, len(units), wave):
+            chunk = units[first : first + wave]
+            for index in range(position, _layer_index(chunk[0])):
+                with _moved(device, layers[index]):
+                    floats = [call.through(layers[index]) for call in floats]
+            position = _layer_index(chunk[0])
+            for unit, calls in _trials(model, floats, position, chunk, grid, device).items():
                 # KL(float ‖ rounded) in torch: numpy's float64 softmax over a 49k vocabulary cost 10× the forward
                 divergences = [
                     p_log_p - (p * found).sum(dim=-1)
-                    for (p, p_log_p), found in zip(reference, log_probs(index, calls), strict=True)
+                    for (p, p_log_p), found in zip(reference, _log_probs(model, calls), strict=True)
                 ]
                 result[unit] = float(torch.cat(divergences).mean())
-                for linear, original in zip(linears, originals, strict=True):
-                    linear.weight.copy_(original)
-            calls = [call.through(layer) for call in calls]
     return result
+
+
+def _trials(
+    model: Any,
+    floats: list[LayerCall],
+    start: int,
+    units: list[tuple[str, ...]],
+    grid: BlockGrid,
+    device: torch.device,
+) -> dict[tuple[str, ...], list[LayerCall]]:
+    """What the last decoder layer gives for each unit's trial (its own layer run with only it rounded, the layers
+    after it float), `floats` being the float inputs of layer `start`; the empty unit () is the float model."""
+    layers = model.model.layers
+    starting: dict[int, list[tuple[str, ...]]] = {}
+    for unit in units:
+        starting.setdefault(_layer_index(unit) if unit else start, []).append(unit)
+    running: dict[tuple[str, ...], list[LayerCall]] = {}
+    for index in range(start, len(layers)):
+        layer = layers[index]
+        with _moved(device, layer):
+            running = {unit: [call.through(layer) for call in calls] for unit, calls in running.items()}
+            for unit in starting.get(index, []):
+                with _rounded(model, unit, grid):
+                    running[unit] = [call.through(layer) for call in floats]
+            if index < max(starting):
+                floats = [call.through(layer) for call in floats]
+    return running
+
+
+def _log_probs(model: Any, calls: list[LayerCall]) -> list[torch.Tensor]:
+    return [torch.log_softmax(model.lm_head(model.model.norm(call.hidden))[0].float(), dim=-1) for call in calls]
+
+
+def _layer_index(unit: tuple[str, ...]) -> int:
+    return int(unit[0].split(".")[2])  # model.layers.<index>.…
+
+
+@contextmanager
+def _rounded(model: Any, unit: tuple[str, ...], grid: BlockGrid) -> Iterator[None]:
+    """The unit's linears rounded to `grid` for the with-block, float again after it."""
+    linears = [model.get_submodule(name) for name in unit]
+    originals = [linear.weight.detach().clone() for linear in linears]
+    for linear in linears:
+        linear.weight.copy_(quantize_rtn(linear.weight, grid).dequantize().to(linear.weight.dtype))
+    try:
+        yield
+    finally:
+        for linear, original in zip(linears, originals, strict=True):
+            linear.weight.copy_(original)
+
+
+@contextmanager
+def _moved(device: torch.device, *modules: Any) -> Iterator[None]:
+    """`modules` on `device` for the with-block, back where they were after it."""
+    homes = [next(module.parameters()).device for module in modules]
+    for module in modules:
+        module.to(device)
+    try:
+        yield
+    finally:
+        for module, home in zip(modules, homes, strict=True):
+            module.to(home)
 
 
 def choose_int8(

@@ -1,8 +1,10 @@
-"""Where calibration runs: a CUDA GPU when torch sees one (`auto`), else the CPU.
+"""Where a build's torch and calibration work runs: a CUDA GPU when torch sees one (`auto`), else the CPU.
 
-Only one decoder layer and its calibration inputs are on the device at a time (quantize/layerwise.py), so a model
-calibrates on a card that holds one of its layers. TF32 stays off: GPTQ's error feedback is a long chain of fp32
-updates, and TF32's 10-bit mantissa would move codes the CPU computes otherwise.
+Only one decoder layer and its inputs are on the device at a time (quantize/layerwise.py, `mixed: auto`'s scoring,
+the layer-streamed reference), so a model calibrates on a card that holds one of its layers. TF32 stays off: GPTQ's
+error feedback is a long chain of fp32 updates, and TF32's 10-bit mantissa would move codes the CPU computes
+otherwise. The NPU's activation calibration runs ONNX graphs, so it takes onnxruntime's CUDA execution provider
+when the installed onnxruntime has one (onnxruntime-gpu), else the CPU.
 """
 
 from __future__ import annotations
@@ -42,3 +44,12 @@ def describe_device(device: Any) -> str:
     import torch
 
     return "cpu" if device.type == "cpu" else f"cuda ({torch.cuda.get_device_name(device)})"
+
+
+def session_providers(device: Any) -> list[str]:
+    """onnxruntime's execution providers for calibration graphs on torch `device`: CUDA when both have it."""
+    import onnxruntime
+
+    if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]

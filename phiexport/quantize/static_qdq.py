@@ -10,6 +10,7 @@ and one context binary can hold them once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,10 @@ def quantize_body(
     block_size: int,
     bits_by_weight: dict[str, int] | None = None,
     calibrated: dict[str, QuantizedWeight] | None = None,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
 ) -> Path:
     """Write the QDQ form of `fp32_path` to `output` (external data beside it): activations calibrated on `feeds`
-    by onnxruntime, MatMul weights in blocks at `weight_bits` (or their entry in `bits_by_weight`)."""
+    by onnxruntime (on `providers`), MatMul weights in blocks at `weight_bits` (or their entry in `bits_by_weight`)."""
     import tempfile
 
     import onnx
@@ -90,6 +92,7 @@ def quantize_body(
             activation_type=QuantType.QUInt16,
             weight_type=QuantType.QUInt8,  # norms and other small constants; MatMul weights are overridden
             init_overrides=placeholders,
+            calibration_providers=list(providers),
         )
         config.use_external_data_format = True
         config.extra_options["CalibStridedMinMax"] = calibration_stride(len(feeds), CALIBRATION_BATCH)

@@ -19,7 +19,7 @@ teacher-forced logits, one call per step.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,12 +117,12 @@ def cpu_session(path: Path) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def exact_session(path: Path) -> Any:
-    """A CPU session without graph optimizations, as onnxruntime's calibrator runs a graph: the outputs it gives
-    one layer are the inputs the calibrator sees in the next, bit for bit."""
+def exact_session(path: Path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:
+    """A session without graph optimizations, as onnxruntime's calibrator runs a graph (on the same `providers`):
+    the outputs it gives one layer are the inputs the calibrator sees in the next, bit for bit."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=list(providers))

@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
-from tests.conftest import error_lines, run_cli
+from tests.conftest import assert_one_line_error, error_lines, run_cli
 from tests.sabotage import scramble_scales
 
 pytestmark = pytest.mark.slow  # two package builds, then an eval subprocess per test (12-56 s each)
@@ -63,6 +64,13 @@ def test_an_fp32_package_scores_and_answers_exactly_as_its_reference(mini_packag
         assert f"![{plot}]({plot})" in markdown
         with Image.open(report_dir / plot) as image:
             assert image.format == "PNG" and image.width > 400
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU, so --device cuda is not refused")
+def test_eval_on_a_gpu_that_is_not_there_is_refused_before_any_work(mini_packages, tmp_path):
+    result = run_cli("eval", str(mini_packages["int4"]), *TASK, "-o", str(tmp_path / "r"), "--device", "cuda")
+    assert_one_line_error(result, 2, "--device cuda", "sees no CUDA GPU", "--device cpu")
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_gate_missed_in_eval_exits_4_with_one_line_and_the_report_written(mini_packages, tmp_path):

@@ -81,6 +81,8 @@ def test_sensitivity_is_the_kl_of_the_whole_model_with_one_unit_rounded(phi4_set
     model, _ = load(directory)
     units = quantization_units(model)
     measured = measure_sensitivity(model, units, BlockGrid(4, 32, symmetric=True), held_out)
+    # trials a layer at a time in waves of one: the same operations on the same inputs, so the same numbers
+    assert measure_sensitivity(model, units, BlockGrid(4, 32, symmetric=True), held_out, trial_bytes=1) == measured
     for unit in (units[0], units[-1]):  # the first layer's q/k/v and the last layer's down projection
         trial, _ = load(directory)
         with torch.inference_mode():

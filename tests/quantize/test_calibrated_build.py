@@ -12,7 +12,7 @@ import pytest
 import yaml
 from onnx import numpy_helper
 
-from phiexport.quantize.device import calibration_device, describe_device
+from phiexport.quantize.device import calibration_device, describe_device, session_providers
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -139,6 +139,8 @@ def test_npu_alone_runs_gptq_a_layer_at_a_time_to_the_cpu_packages_integers(mini
     manifest = json.loads((outputs["npu"] / "npu" / "manifest.json").read_text())
     assert manifest["weights"]["calibrated"]["method"] == "gptq"
     assert manifest["weights"]["calibrated"]["device"] == describe_device(calibration_device("auto"))
+    provider = manifest["weights"]["calibration"]["activations_provider"]
+    assert provider == session_providers(calibration_device("auto"))[0]
     npu = npu_codes(outputs["npu"] / "npu" / "body0_decode.onnx")
     for name, codes in signed_cpu_codes(outputs["cpu"] / "cpu" / "model.onnx").items():
         assert covered_by(codes, npu), name

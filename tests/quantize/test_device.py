@@ -1,12 +1,14 @@
 """Where calibration runs (`--device auto|cpu|cuda`): the CPU without a GPU, a one-line refusal of a GPU that is not
-there, and on a CUDA GPU the CPU's codes (tested only where torch sees one)."""
+there, and on a CUDA GPU the CPU's codes, sensitivities and reference logits (tested only where torch sees one)."""
 
+import numpy as np
+import onnxruntime
 import pytest
 import torch
 
 from phiexport.evaluate.data import calibration_sequences
 from phiexport.quantize.calibrated import quantization_units
-from phiexport.quantize.device import calibration_device, describe_device
+from phiexport.quantize.device import calibration_device, describe_device, session_providers
 from phiexport.quantize.grid import BlockGrid
 from phiexport.quantize.layerwise import LayerwiseQuantizer
 from tests.conftest import assert_one_line_error, run_cli
@@ -68,3 +70,43 @@ def test_the_device_path_on_the_cpu_gives_the_default_paths_codes(mini_phi4):
     assert set(moved) == set(default) and len(moved) >= 4
     for name, codes in moved.items():
         assert torch.equal(codes, default[name].codes), name
+
+
+def test_activation_calibration_takes_cuda_only_from_an_onnxruntime_that_has_it():
+    assert session_providers(torch.device("cpu")) == ["CPUExecutionProvider"]
+    on_cuda = session_providers(torch.device("cuda"))  # a torch device object needs no GPU
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():  # onnxruntime-gpu
+        assert on_cuda == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    else:
+        assert on_cuda == ["CPUExecutionProvider"]
+
+
+@pytest.mark.skipif(NO_GPU, reason="needs a CUDA GPU (CI has none); the CPU path runs in every mixed: auto test")
+def test_sensitivity_on_cuda_gives_the_cpus_order(mini_phi4):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from phiexport.quantize.calibrated import measure_sensitivity
+
+    model = AutoModelForCausalLM.from_pretrained(mini_phi4, dtype=torch.float32).eval()
+    sequences = calibration_sequences(AutoTokenizer.from_pretrained(mini_phi4), 8, 96, seed=0)
+    units, grid = quantization_units(model), BlockGrid(4, 32, symmetric=True)
+    on_cpu = measure_sensitivity(model, units, grid, sequences)
+    on_gpu = measure_sensitivity(model, units, grid, sequences, device=torch.device("cuda"))
+    assert next(model.parameters()).device.type == "cpu"
+    for unit in units:  # fp32 on both; the reduction order moves the last digits only
+        assert on_gpu[unit] == pytest.approx(on_cpu[unit], rel=1e-2), unit
+    assert sorted(units, key=on_gpu.get) == sorted(units, key=on_cpu.get)
+
+
+@pytest.mark.skipif(NO_GPU, reason="needs a CUDA GPU (CI has none); the CPU reference runs in every build")
+def test_the_reference_on_cuda_gives_the_cpus_logits(mini_phi4):
+    from phiexport.evaluate.data import ScoredSequence
+    from phiexport.evaluate.reference import TorchReference
+    from phiexport.evaluate.streamed_reference import StreamedReference
+
+    scored = [ScoredSequence(list(range(10, 130)), 40)]
+    (expected,) = TorchReference(mini_phi4).scored_logits(scored)
+    cuda = torch.device("cuda")
+    for reference in (TorchReference(mini_phi4, device=cuda), StreamedReference(mini_phi4, device=cuda)):
+        (actual,) = reference.scored_logits(scored)
+        assert np.abs(actual - expected).max() < 1e-3

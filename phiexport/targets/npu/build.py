@@ -73,6 +73,7 @@ def build_npu_package(
     """
     from phiexport.export.static_graphs import rotary_tables
     from phiexport.export.vocab_graphs import write_vocab_graphs
+    from phiexport.quantize.device import calibration_device, session_providers
     from phiexport.quantize.prepare import calibration_text
     from phiexport.source.layered import LayeredModel
 
@@ -95,7 +96,11 @@ def build_npu_package(
 
     codes, summary = layer_codes(source, sequences, recipe, prepared[1] if reuse and prepared else None)
     activations = layer_calibration(source, layout, sequences, recipe, cos, sin)
-    with progress.stage("npu layers", f"export, calibrate, quantize w{weight_bits} block {quant.block_size} a16"):
+    providers = session_providers(calibration_device(recipe.calibration.device))
+    on = "CUDA" if providers[0] == "CUDAExecutionProvider" else "CPU"
+    with progress.stage(
+        "npu layers", f"export, calibrate on the {on}, quantize w{weight_bits} block {quant.block_size} a16"
+    ):
         quantize_layers(
             source,
             layout,
@@ -107,6 +112,7 @@ def build_npu_package(
             weight_bits=weight_bits,
             block_size=quant.block_size,
             track=progress.track,
+            providers=providers,
         )
     contexts: dict[str, Any] = {}
     separate: dict[str, dict[str, Path]] = {}
@@ -150,6 +156,7 @@ def build_npu_package(
             "prefill_samples": len(activations.calls["prefill"]),
             "decode_samples": len(activations.calls["decode"]),
             "activation_sequences": len(activations.sequences),
+            "activations_provider": providers[0],
             **recipe.calibration.model_dump(),
         },
         "calibrated": summary,

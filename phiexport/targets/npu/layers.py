@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +29,11 @@ def quantize_layers(
     weight_bits: int,
     block_size: int,
     track: Any,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
 ) -> None:
     """The body graphs, a decoder layer at a time: export its fp32 graphs, run the calibration samples through
-    them, quantize (activations from those samples, weights in blocks or `codes(index, layer)`); each part's
-    graphs are stitched from its layers' as soon as its last layer is done."""
+    them on onnxruntime's `providers`, quantize (activations from those samples, weights in blocks or
+    `codes(index, layer)`); each part's graphs are stitched from its layers' as soon as its last layer is done."""
     from phiexport.export.static_graphs import export_layer_graphs
     from phiexport.export.stitch import WeightFile, stitch_layers
     from phiexport.quantize.onnx_weights import match_float_weights
@@ -44,7 +46,7 @@ def quantize_layers(
         layer_codes = codes(index, layer)
         fp32 = export_layer_graphs(layer, layout, scratch / "fp32")
         source.release(layer)
-        activations.run_layer({kind: exact_session(path) for kind, path in fp32.items()})
+        activations.run_layer({kind: exact_session(path, providers) for kind, path in fp32.items()})
         for kind, path in fp32.items():
             sources = match_float_weights(path, layer_codes) if layer_codes else {}
             if len(sources) != len(layer_codes):
@@ -61,6 +63,7 @@ def quantize_layers(
                 block_size=block_size,
                 bits_by_weight={name: weight.grid.bits for name, weight in sources.items()},
                 calibrated=sources,
+                providers=providers,
             )
             quantized[kind].append(target)
         activations.advance()
