@@ -18,7 +18,14 @@ import torch
 
 from phiexport.errors import BuildError
 from phiexport.quantize.grid import BlockGrid, QuantizedWeight, quantize_rtn
-from phiexport.quantize.layerwise import LayerCall, LayerwiseQuantizer, Method, first_layer_calls, quantize_layerwise
+from phiexport.quantize.layerwise import (
+    LayerCall,
+    LayerwiseQuantizer,
+    Method,
+    first_layer_calls,
+    moved_to,
+    quantize_layerwise,
+)
 from phiexport.recipe import QuantizationConfig
 
 # Linears that read the same input share one bit width (the genai builder packs q/k/v into one MatMulNBits).
@@ -133,7 +140,7 @@ def measure_sensitivity(
     result: dict[tuple[str, ...], float] = {}
     with torch.inference_mode():  # the embedding runs where the model is: a tied lm_head moves it along
         floats = [call.to(device) for call in first_layer_calls(model, sequences[:SENSITIVITY_SEQUENCES])]
-    with torch.inference_mode(), _moved(device, model.model.norm, model.lm_head):
+    with torch.inference_mode(), moved_to(device, model.model.norm, model.lm_head):
         reference = [
             (ref.exp(), (ref.exp() * ref).sum(dim=-1))
             for ref in _log_probs(model, _trials(model, floats, 0, [()], grid, device)[()])
@@ -143,7 +150,7 @@ def measure_sensitivity(
         for first in range(0, len(units), wave):
             chunk = units[first : first + wave]
             for index in range(position, _layer_index(chunk[0])):
-                with _moved(device, layers[index]):
+                with moved_to(device, layers[index]):
                     floats = [call.through(layers[index]) for call in floats]
             position = _layer_index(chunk[0])
             for unit, calls in _trials(model, floats, position, chunk, grid, device).items():
@@ -173,7 +180,7 @@ def _trials(
     running: dict[tuple[str, ...], list[LayerCall]] = {}
     for index in range(start, len(layers)):
         layer = layers[index]
-        with _moved(device, layer):
+        with moved_to(device, layer):
             running = {unit: [call.through(layer) for call in calls] for unit, calls in running.items()}
             for unit in starting.get(index, []):
                 with _rounded(model, unit, grid):
@@ -203,19 +210,6 @@ def _rounded(model: Any, unit: tuple[str, ...], grid: BlockGrid) -> Iterator[Non
     finally:
         for linear, original in zip(linears, originals, strict=True):
             linear.weight.copy_(original)
-
-
-@contextmanager
-def _moved(device: torch.device, *modules: Any) -> Iterator[None]:
-    """`modules` on `device` for the with-block, back where they were after it."""
-    homes = [next(module.parameters()).device for module in modules]
-    for module in modules:
-        module.to(device)
-    try:
-        yield
-    finally:
-        for module, home in zip(modules, homes, strict=True):
-            module.to(home)
 
 
 def choose_int8(

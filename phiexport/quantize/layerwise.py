@@ -56,6 +56,22 @@ def _on_device(value: Any, device: torch.device) -> Any:
     return value
 
 
+@contextmanager
+def moved_to(device: torch.device, *modules: Any) -> Iterator[None]:
+    """`modules` on `device` for the with-block, back where they were after it (moved outside inference mode, so
+    their weights stay ordinary tensors that later in-place updates may write)."""
+    homes = [next(module.parameters()).device for module in modules]
+    with torch.inference_mode(False):
+        for module in modules:
+            module.to(device)
+    try:
+        yield
+    finally:
+        with torch.inference_mode(False):
+            for module, home in zip(modules, homes, strict=True):
+                module.to(home)
+
+
 class _Captured(Exception):
     pass
 
@@ -109,9 +125,7 @@ class LayerwiseQuantizer:
         grids = {name[len(prefix) :]: grid for name, grid in self._grids.items() if name.startswith(prefix)}
         quantized: dict[str, QuantizedWeight] = {}
         calls = self._calls
-        home = next(layer.parameters()).device
-        layer.to(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), moved_to(self.device, layer):
             groups = _input_groups(layer, calls[0], set(grids))
             if self._method == "awq":
                 _apply_awq_scales(layer, calls, groups, grids, self._config)
@@ -126,7 +140,6 @@ class LayerwiseQuantizer:
                     linear.weight.copy_(result.dequantize().to(linear.weight.dtype))
                     quantized[prefix + name] = result.to("cpu")
             self._calls = [call.through(layer) for call in calls]
-        layer.to(home)
         return quantized
 
 

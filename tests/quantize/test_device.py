@@ -110,3 +110,19 @@ def test_the_reference_on_cuda_gives_the_cpus_logits(mini_phi4):
     for reference in (TorchReference(mini_phi4, device=cuda), StreamedReference(mini_phi4, device=cuda)):
         (actual,) = reference.scored_logits(scored)
         assert np.abs(actual - expected).max() < 1e-3
+
+
+def test_modules_moved_in_inference_mode_keep_ordinary_weights():
+    """A layer moved to the device and back while calibration runs in inference mode must come back with weights
+    that later in-place updates outside it may write (torch refuses those on inference tensors). The meta device
+    stands in for the GPU: a move there makes new tensors as a move to CUDA does."""
+    from phiexport.quantize.layerwise import moved_to
+
+    linear = torch.nn.Linear(4, 4)
+    moved = moved_to(torch.device("meta"), linear)
+    with torch.inference_mode():
+        moved.__enter__()
+    assert linear.weight.device.type == "meta"
+    assert not linear.weight.is_inference()
+    linear.to_empty(device="cpu")  # nothing comes back from meta: give the way home real (empty) tensors
+    moved.__exit__(None, None, None)

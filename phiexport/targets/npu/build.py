@@ -94,9 +94,10 @@ def build_npu_package(
     with progress.stage("npu vocabulary", f"embeddings int4, lm_head int{npu.lm_head_bits}, block 32"):
         write_vocab_graphs(source, layout, cos, sin, package_dir, lm_head_bits=npu.lm_head_bits)
 
-    codes, summary = layer_codes(source, sequences, recipe, prepared[1] if reuse and prepared else None)
+    device = calibration_device(recipe.calibration.device)
+    codes, summary = layer_codes(source, sequences, recipe, prepared[1] if reuse and prepared else None, device)
     activations = layer_calibration(source, layout, sequences, recipe, cos, sin)
-    providers = session_providers(calibration_device(recipe.calibration.device))
+    providers = session_providers(device)
     on = "CUDA" if providers[0] == "CUDAExecutionProvider" else "CPU"
     with progress.stage(
         "npu layers", f"export, calibrate on the {on}, quantize w{weight_bits} block {quant.block_size} a16"

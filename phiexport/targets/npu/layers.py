@@ -82,12 +82,12 @@ def quantize_layers(
 
 
 def layer_codes(
-    source: Any, sequences: list[list[int]], recipe: Recipe, prepared: CalibratedWeights | None
+    source: Any, sequences: list[list[int]], recipe: Recipe, prepared: CalibratedWeights | None, device: Any
 ) -> tuple[Any, dict[str, Any] | None]:
-    """`codes(index, layer)`: the GPTQ/AWQ codes of decoder layer `index` by HF module name (computed now, the
-    layer modified in place, or taken from the CPU target's), empty for plain rounding; and the manifest summary."""
+    """`codes(index, layer)`: the GPTQ/AWQ codes of decoder layer `index` by HF module name (computed now on torch
+    `device`, the layer modified in place, or taken from the CPU target's), empty for plain rounding; and the
+    manifest summary."""
     from phiexport.quantize.calibrated import layer_by_layer
-    from phiexport.quantize.device import calibration_device
 
     def prefixed(weights: dict[str, Any], index: int) -> dict[str, Any]:
         prefix = f"model.layers.{index}."
@@ -97,6 +97,5 @@ def layer_codes(
         return (lambda index, _layer: prefixed(prepared.weights, index)), prepared.summary
     if not recipe.quantization.calibrated:
         return (lambda _index, _layer: {}), None
-    device = calibration_device(recipe.calibration.device)
     quantizer, summary = layer_by_layer(source.model, sequences, recipe.quantization, device=device)
     return quantizer.quantize, summary
